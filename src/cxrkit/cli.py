@@ -1,0 +1,269 @@
+"""The ``cxrkit`` command: a thin layer that parses arguments, calls library functions and
+prints. User errors (:class:`cxrkit.errors.UserError`) print one line and exit with code 2.
+
+Exit codes: 0 success; 2 bad input (message on stderr); 3 ``infer`` finished but some files
+could not be read (their rows say why); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from cxrkit import __version__
+from cxrkit.errors import UserError
+
+EXIT_USER_ERROR, EXIT_PARTIAL = 2, 3
+RECIPES = Path(__file__).parent / "configs"
+
+
+def resolve_recipe(name: str) -> Path:
+    """A config path, or the name of a recipe shipped with cxrkit (``demo``, ...)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = RECIPES / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    from cxrkit.errors import did_you_mean
+
+    recipes = [p.stem for p in RECIPES.glob("*.yaml")]
+    raise did_you_mean(name, recipes, what="config file or recipe") from None
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from cxrkit.synth import generate_dataset
+
+    s = generate_dataset(
+        a.out,
+        n_patients=a.n_patients,
+        size=a.size,
+        seed=a.seed,
+        workers=a.workers,
+        overwrite=a.overwrite,
+    )
+    print(
+        f"wrote {s.n_images} images of {s.n_patients} patients to {s.out} "
+        f"in {s.seconds:.1f} s ({s.n_images / max(s.seconds, 1e-9):.0f} images/s)"
+    )
+    print("prevalence: " + ", ".join(f"{k} {v:.1%}" for k, v in s.prevalence.items()))
+    return 0
+
+
+def cmd_datasets(a: argparse.Namespace) -> int:
+    from cxrkit.datasets import list_datasets
+
+    for spec in list_datasets():
+        print(f"{spec.name:<10} {spec.title}\n{'':<10} layout: {spec.layout}")
+    return 0
+
+
+def cmd_prepare(a: argparse.Namespace) -> int:
+    from cxrkit.prepare import SplitPolicy, prepare
+
+    m = prepare(
+        a.dataset,
+        a.root,
+        a.out,
+        size=a.size,
+        workers=a.workers,
+        overwrite=a.overwrite,
+        split=SplitPolicy(val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed),
+    )
+    h = m.header
+    print(f"prepared {h['counts']['prepared']} images of {h['dataset']} into {m.folder}")
+    print("counts: " + ", ".join(f"{k} {v}" for k, v in h["counts"].items()))
+    print(
+        f"split ({h['split']['policy']}): "
+        + ", ".join(
+            f"{k} {v} images / {h['split']['patients'][k]} patients"
+            for k, v in h["split"]["images"].items()
+        )
+    )
+    if h["counts"]["failed_to_read"]:
+        print(f"unreadable images are listed in {m.folder / 'failed_images.csv'}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from cxrkit.config import load_config
+    from cxrkit.fit import fit
+
+    config = load_config(resolve_recipe(a.config), a.set)
+    result = fit(config, a.data, a.out, overwrite=a.overwrite)
+    print(
+        f"trained {result.epochs} epoch(s) in {result.seconds:.0f} s; best validation macro "
+        f"AUROC {result.best_score:.4f}"
+    )
+    print(f"best checkpoint: {result.best}\nlast checkpoint: {result.last}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from cxrkit.evaluation import evaluate_checkpoint, format_table
+
+    r = evaluate_checkpoint(
+        a.checkpoint,
+        a.data,
+        a.out,
+        split=a.split,
+        threshold_method=a.threshold_method,
+        specificity=a.specificity,
+        write_thresholds=not a.no_write_thresholds,
+    )
+    print(format_table(r.metrics))
+    print(
+        f"{r.metrics['n_images']} {a.split} images; metrics: {r.metrics_file}; "
+        f"predictions: {r.predictions_file}"
+    )
+    return 0
+
+
+def cmd_infer(a: argparse.Namespace) -> int:
+    from cxrkit.inference import Predictor, list_images, write_predictions
+
+    predictor = Predictor.from_checkpoint(a.checkpoint, batch_size=a.batch_size)
+    paths = list_images(a.source)
+    ok, failed = write_predictions(predictor, paths, a.out)
+    print(f"{ok} image(s) predicted, {failed} failed; wrote {a.out}")
+    return EXIT_PARTIAL if failed else 0
+
+
+def cmd_cam(a: argparse.Namespace) -> int:
+    from cxrkit.explain import cam_image
+    from cxrkit.inference import Predictor
+
+    predictor = Predictor.from_checkpoint(a.checkpoint)
+    for r in cam_image(predictor, a.image, a.out, targets=a.target, method=a.method):
+        print(f"{r.finding}: p={r.probability:.3f} -> {r.overlay_path}")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from cxrkit.demo import run_demo
+
+    run_demo(
+        a.out, overwrite=a.overwrite, n_patients=a.n_patients, workers=a.workers, epochs=a.epochs
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cxrkit",
+        description="Multilabel disease detection on chest X-rays: synth, prepare, train, eval, "
+        "infer, cam. Research software, not a medical device.",
+    )
+    p.add_argument("--version", action="version", version=f"cxrkit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cpus = os.cpu_count() or 1
+
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    s = add("synth", cmd_synth, "write a phantom chest X-ray dataset in NIH ChestX-ray14 layout")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--n-patients", type=int, default=300, help="patients (1-5 images each)")
+    s.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    s.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    s.add_argument("--workers", type=int, default=cpus, help="processes (default: all cores)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+    add("datasets", cmd_datasets, "list the datasets `prepare` understands and their layouts")
+
+    s = add("prepare", cmd_prepare, "parse a dataset, split it by patient, build the image cache")
+    s.add_argument("dataset", help="dataset name (see `cxrkit datasets`), e.g. nih")
+    s.add_argument("--root", required=True, help="the dataset folder as distributed")
+    s.add_argument("--out", required=True, help="output folder for manifest + cache")
+    s.add_argument("--size", type=int, default=256, help="cache image side (default 256)")
+    s.add_argument("--val-fraction", type=float, default=0.1, help="patients for validation")
+    s.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="patients for test when the dataset has no official test split",
+    )
+    s.add_argument("--seed", type=int, default=0, help="split seed")
+    s.add_argument("--workers", type=int, default=cpus, help="decoding processes")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing prepared folder")
+
+    s = add("train", cmd_train, "train a model on a prepared dataset")
+    s.add_argument("--config", required=True, help="YAML recipe file or shipped recipe name")
+    s.add_argument("--data", required=True, help="prepared folder (from `cxrkit prepare`)")
+    s.add_argument("--out", required=True, help="run folder")
+    s.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --set trainer.max_epochs=3 model.pretrained=false",
+    )
+    s.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+
+    s = add("eval", cmd_eval, "evaluate a checkpoint; tune thresholds on val, report on a split")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", required=True, help="prepared folder")
+    s.add_argument("--split", default="test", help="split to evaluate (default test)")
+    s.add_argument("--out", required=True, help="folder for metrics.json and predictions")
+    s.add_argument("--threshold-method", default="f1", help="f1 or youden (tuned on val)")
+    s.add_argument(
+        "--specificity",
+        type=float,
+        default=0.8,
+        help="report sensitivity at this specificity (default 0.8)",
+    )
+    s.add_argument(
+        "--no-write-thresholds",
+        action="store_true",
+        help="do not store the tuned thresholds in the checkpoint's model card",
+    )
+
+    s = add("infer", cmd_infer, "predict findings for an image file or a folder of images")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--source", required=True, help="an image file or a folder (recursive)")
+    s.add_argument("--out", required=True, help="output CSV")
+    s.add_argument("--batch-size", type=int, default=16)
+
+    s = add("cam", cmd_cam, "Grad-CAM overlays of an image for one or more findings")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--image", required=True)
+    s.add_argument(
+        "--target", default="positive", help="a finding name, 'positive' (called findings) or 'all'"
+    )
+    s.add_argument("--method", default="gradcam", help="gradcam, gradcam++, hirescam, layercam")
+    s.add_argument("--out", required=True, help="output folder")
+
+    s = add("demo", cmd_demo, "synth -> prepare -> train -> eval -> infer -> cam, offline on CPU")
+    s.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    s.add_argument("--n-patients", type=int, default=None, help="phantom patients")
+    s.add_argument("--epochs", type=int, default=None, help="training epochs")
+    s.add_argument("--workers", type=int, default=cpus)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        return args.fn(args)
+    except UserError as err:
+        print(f"cxrkit {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"cxrkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

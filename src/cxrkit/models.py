@@ -1,0 +1,135 @@
+"""Backbones over timm with a multilabel head on one-channel (grayscale) input.
+
+Input convention: ``(N, 1, H, W)`` float, the uint8 image divided by 255 then normalised with
+the *mean over RGB* of the backbone's pretrained mean and std. With ``in_chans=1`` timm sums
+the pretrained first convolution's RGB kernels, so the network computes what the RGB model
+computes on the gray image replicated to three channels, up to the small differences between
+the three per-channel normalisations. ``forward`` returns logits ``(N, n_findings)``; sigmoid,
+calibration and thresholds are explicit later steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import timm
+import torch
+from torch import nn
+
+from cxrkit.errors import UserError, did_you_mean
+
+#: Grad-CAM target layer per backbone family: the last spatial feature map before pooling.
+CAM_LAYERS: dict[str, str] = {
+    "densenet": "features.norm5",
+    "resnet": "layer4",
+    "resnext": "layer4",
+    "convnext": "stages.3",
+    "efficientnet": "bn2",
+    "mobilenetv3": "blocks",
+    "regnet": "s4",
+}
+
+
+def list_backbones(pattern: str = "*") -> list[str]:
+    """timm model names matching ``pattern`` (e.g. ``"densenet*"``)."""
+    return timm.list_models(pattern)
+
+
+def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Make huggingface_hub use its local cache only (no 50 s of retries without network)."""
+    import huggingface_hub.constants as hc
+
+    before = hc.HF_HUB_OFFLINE
+    hc.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hc.HF_HUB_OFFLINE = before
+
+
+def create_model(
+    backbone: str,
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    drop_rate: float = 0.0,
+) -> nn.Module:
+    """A timm ``backbone`` with a new ``num_classes`` head and a one-channel stem.
+
+    Raises a UserError listing the closest names for an unknown backbone, and one explaining
+    what to do when pretrained weights cannot be fetched (no network, nothing cached).
+    """
+    if backbone not in timm.list_models(pretrained=False):
+        raise did_you_mean(backbone, timm.list_models(), what="backbone")
+    kwargs = {"num_classes": num_classes, "in_chans": 1, "drop_rate": drop_rate}
+    if not pretrained:
+        return timm.create_model(backbone, pretrained=False, **kwargs)
+    online = _hub_reachable()
+    try:
+        with contextlib.nullcontext() if online else _hub_offline():
+            return timm.create_model(backbone, pretrained=True, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:
+        raise UserError(
+            f"could not load pretrained ImageNet weights for {backbone!r} "
+            f"({'download failed' if online else 'no network and not in the local cache'}: "
+            f"{type(err).__name__}). Either train from scratch with "
+            "`--set model.pretrained=false`, or on a machine with network run "
+            f"`python -c \"import timm; timm.create_model('{backbone}', pretrained=True)\"` "
+            "to fill the Hugging Face cache (~/.cache/huggingface) and copy it here"
+        ) from None
+
+
+def input_normalization(model: nn.Module) -> tuple[float, float]:
+    """Gray-level ``(mean, std)`` for inputs in [0, 1]: the RGB means of the pretrained config."""
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    mean = cfg.get("mean", (0.5, 0.5, 0.5))
+    std = cfg.get("std", (0.5, 0.5, 0.5))
+    return float(sum(mean) / len(mean)), float(sum(std) / len(std))
+
+
+def cam_target_layer(model: nn.Module, backbone: str) -> nn.Module:
+    """The layer Grad-CAM should hook for ``backbone`` (family table, else last 4-D output)."""
+    for family, name in CAM_LAYERS.items():
+        if backbone.startswith(family):
+            module = model.get_submodule(name)
+            return module[-1] if isinstance(module, nn.Sequential) else module
+    return _last_spatial_module(model)
+
+
+def _last_spatial_module(model: nn.Module) -> nn.Module:
+    """Probe a forward pass and return the last leaf module with a 4-D output larger than 1x1."""
+    seen: list[nn.Module] = []
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, _i, out: (
+                seen.append(mod)
+                if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] > 1
+                else None
+            )
+        )
+        for m in model.modules()
+        if not list(m.children())
+    ]
+    try:
+        with torch.no_grad():
+            was_training = model.training
+            model.eval()
+            model(torch.zeros(1, 1, 64, 64))
+            model.train(was_training)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not seen:
+        raise UserError("could not find a spatial layer for Grad-CAM in this backbone")
+    return seen[-1]

@@ -1,0 +1,158 @@
+"""``cxrkit prepare``: raw dataset folder -> manifest + image cache.
+
+Parse the dataset's own metadata (a registered parser), split patient-wise (the official
+split when there is one), check for leakage, decode every image once into the cache, and
+write the manifest with a report of what was done: counts, missing and failed images.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrkit import __version__
+from cxrkit.cache import build_cache
+from cxrkit.datasets import get_dataset
+from cxrkit.errors import UserError
+from cxrkit.manifest import HEADER_NAME, Manifest, load_manifest, write_manifest
+from cxrkit.splits import split_fingerprints, stratified_patient_split
+
+
+@dataclass
+class SplitPolicy:
+    """How to split: fractions of patients used when no official split exists, and the seed."""
+
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+
+
+def assign_splits(
+    table: pd.DataFrame, findings: list[str], policy: SplitPolicy
+) -> tuple[np.ndarray, str]:
+    """Split names for every row, and a description of how they were chosen.
+
+    With an ``official_split`` column (``test`` / ``trainval``), official test stays test and
+    the official train+val is divided patient-wise into train and val; otherwise all three are
+    drawn patient-wise, stratified over findings.
+    """
+    labels = table[findings].to_numpy(np.float32)
+    val = policy.val_fraction
+    if "official_split" in table and (table["official_split"] != "").any():
+        split = np.full(len(table), "", dtype=object)
+        test = (table["official_split"] == "test").to_numpy()
+        trainval = (table["official_split"] == "trainval").to_numpy()
+        split[test] = "test"
+        if trainval.any():
+            split[trainval] = stratified_patient_split(
+                table.loc[trainval, "patient_id"],
+                labels[trainval],
+                {"train": 1 - val, "val": val},
+                seed=policy.seed,
+            )
+        return split, f"official test list; official train_val list split by patient ({val:g} val)"
+    test_f = policy.test_fraction
+    fractions = {"train": 1 - val - test_f, "val": val, "test": test_f}
+    split = stratified_patient_split(table["patient_id"], labels, fractions, seed=policy.seed)
+    return split, f"patient-wise, stratified over findings: {fractions}"
+
+
+def prepare(
+    dataset: str,
+    root: str | Path,
+    out: str | Path,
+    *,
+    size: int = 256,
+    split: SplitPolicy | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Manifest:
+    """Prepare ``root`` (a raw ``dataset`` folder) into ``out``; returns the loaded manifest.
+
+    An interrupted prepare resumes its cache when run again with the same arguments.
+    Unreadable images are left out of the manifest and listed in ``failed_images.csv``.
+    """
+    spec = get_dataset(dataset)
+    out = Path(out)
+    split = split or SplitPolicy()
+    if (out / HEADER_NAME).exists():
+        if not overwrite:
+            raise UserError(
+                f"{out} already holds a prepared dataset; pass --overwrite to replace it"
+            )
+        shutil.rmtree(out)
+    if size < 32:
+        raise UserError(f"cache size must be at least 32 pixels, got {size}")
+    parsed = spec.parse(root)
+    table = parsed.table.reset_index(drop=True)
+    table["split"], split_desc = assign_splits(table, parsed.findings, split)
+    unassigned = table["split"] == ""
+    table = table[~unassigned].reset_index(drop=True)
+    table["cache_index"] = np.arange(len(table))
+    out.mkdir(parents=True, exist_ok=True)
+    built = build_cache(
+        table["path"].tolist(), out / "cache", size=size, workers=workers, progress=progress
+    )
+    failed = table.loc[list(built.failures)].assign(reason=list(built.failures.values()))
+    failed[["image_id", "path", "reason"]].to_csv(out / "failed_images.csv", index=False)
+    table = table.drop(index=list(built.failures)).drop(columns="official_split", errors="ignore")
+    if table.empty:
+        raise UserError(f"no image under {root} could be read; see {out / 'failed_images.csv'}")
+    columns = [
+        "image_id",
+        "path",
+        "patient_id",
+        "study_id",
+        "view",
+        "sex",
+        "age",
+        "split",
+        "cache_index",
+        *parsed.findings,
+    ]
+    table = table[columns]
+    header: dict[str, Any] = {
+        "dataset": spec.name,
+        "source_root": str(Path(root).resolve()),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cxrkit_version": __version__,
+        "findings": parsed.findings,
+        "label_policy": parsed.label_policy,
+        "split": {
+            "policy": split_desc,
+            "seed": split.seed,
+            "val_fraction": split.val_fraction,
+            "test_fraction": split.test_fraction,
+            "patients_sha256": split_fingerprints(table),
+            "images": table["split"].value_counts().sort_index().to_dict(),
+            "patients": table.groupby("split")["patient_id"].nunique().to_dict(),
+        },
+        "cache": {
+            "file": str(built.file.relative_to(out)),
+            "size": size,
+            "n": built.n,
+            "dtype": "uint8",
+            "layout": "letterbox (aspect kept, zero padding)",
+        },
+        "counts": {
+            **parsed.counts,
+            "not_in_any_split": int(unassigned.sum()),
+            "failed_to_read": len(built.failures),
+            "prepared": len(table),
+        },
+        "prevalence": {f: _nanmean(table[f]) for f in parsed.findings},
+    }
+    write_manifest(out, table, header)
+    return load_manifest(out)
+
+
+def _nanmean(col: pd.Series) -> float | None:
+    value = float(np.nanmean(col.to_numpy(np.float32))) if col.notna().any() else float("nan")
+    return None if np.isnan(value) else round(value, 6)

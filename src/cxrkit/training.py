@@ -1,0 +1,173 @@
+"""Training on PyTorch Lightning: ``fit(config, data, out)``.
+
+The loader yields uint8 batches from the cache; augmentation and normalisation run on the
+batch after it reaches the device. Validation gathers the logits of the whole validation set
+(across ranks under DDP) before computing AUROC, so the monitored figure is the true
+validation macro AUROC, not a per-shard one.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from cxrkit import __version__
+from cxrkit.checkpoint import CARD_FORMAT
+from cxrkit.config import TrainConfig, config_to_dict
+from cxrkit.losses import create_loss
+from cxrkit.metrics import roc_auc
+from cxrkit.models import create_model, input_normalization
+from cxrkit.transforms import eval_transform, train_transform
+
+MONITOR = "val_macro_auroc"
+
+
+class CXRModule(L.LightningModule):
+    """The model, its loss and its optimiser; the card travels in every checkpoint."""
+
+    def __init__(self, config: TrainConfig, card: dict[str, Any], pos: np.ndarray, neg: np.ndarray):
+        super().__init__()
+        self.config = config
+        self.card = card
+        self.model = create_model(
+            config.model.backbone,
+            len(card["findings"]),
+            pretrained=config.model.pretrained,
+            drop_rate=config.model.drop_rate,
+        )
+        self.mean, self.std = input_normalization(self.model)
+        card["normalization"] = {
+            **card["normalization"],
+            "mean": self.mean,
+            "std": self.std,
+            "input": "uint8 gray / 255, letterboxed to a square",
+        }
+        if config.model.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss = create_loss(config.loss, pos, neg)
+        self._val_logits: list[torch.Tensor] = []
+        self._val_labels: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, H, W)`` normalised float -> ``(N, C)`` logits."""
+        if self.config.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        size = self.config.data.image_size
+        if self.trainer is not None and self.trainer.training:
+            x = train_transform(images, size, self.mean, self.std, self.config.augment)
+        else:
+            x = eval_transform(images, size, self.mean, self.std)
+        return x, labels
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self(x), y)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("val_loss", self.loss(logits, y), prog_bar=True, batch_size=len(y), sync_dist=True)
+        self._val_logits.append(logits.detach().float())
+        self._val_labels.append(y)
+
+    def on_validation_epoch_end(self) -> None:
+        logits = self.all_gather(torch.cat(self._val_logits)).reshape(
+            -1, len(self.card["findings"])
+        )
+        labels = self.all_gather(torch.cat(self._val_labels)).reshape(logits.shape)
+        self._val_logits.clear()
+        self._val_labels.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # one-class columns in tiny val sets: NaN, skipped
+            auroc = roc_auc(labels.cpu().numpy(), logits.cpu().numpy())
+        macro = float(np.nanmean(auroc)) if np.isfinite(auroc).any() else 0.0
+        self.log(MONITOR, macro, prog_bar=True, sync_dist=False)
+        for name, value in zip(self.card["findings"], auroc, strict=True):
+            if np.isfinite(value):
+                self.log(f"val_auroc/{name}", float(value))
+        self.card["val_metrics"] = {
+            "epoch": int(self.current_epoch),
+            "macro_auroc": macro,
+            "auroc": {
+                f: (None if not np.isfinite(v) else float(v))
+                for f, v in zip(self.card["findings"], auroc, strict=True)
+            },
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["model_card"] = dict(self.card)
+
+    def configure_optimizers(self) -> Any:
+        opt_cfg = self.config.optim
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay
+        )
+        if opt_cfg.scheduler == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="max", factor=0.1, patience=1
+            )
+            return {
+                "optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": MONITOR},
+            }
+        if opt_cfg.scheduler == "none":
+            return optimizer
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(opt_cfg.warmup_epochs * total / max(1, self.trainer.max_epochs))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def new_card(
+    config: TrainConfig, findings: list[str], training_data: dict[str, Any], letterbox_size: int
+) -> dict:
+    """The model card at the start of training (mean/std are filled in by the module).
+
+    ``letterbox_size`` is the cache size the training images were letterboxed to; inference
+    letterboxes new images to the same size before resizing to ``input_size``."""
+    return {
+        "format": CARD_FORMAT,
+        "findings": list(findings),
+        "backbone": config.model.backbone,
+        "in_chans": 1,
+        "input_size": config.data.image_size,
+        "normalization": {"letterbox_size": letterbox_size},
+        "thresholds": None,
+        "calibration": None,
+        "training_data": training_data,
+        "val_metrics": None,
+        "train_config": config_to_dict(config),
+        "cxrkit_version": __version__,
+    }
+
+
+def count_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-class positive and negative counts ``(C,)`` of a ``(N, C)`` labels (NaN skipped)."""
+    return np.nansum(labels == 1, axis=0), np.nansum(labels == 0, axis=0)
+
+
+def trainable(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
