@@ -161,7 +161,9 @@ def fit(
         save_last=True,
         auto_insert_metric_name=False,
     )
-    callbacks: list[Any] = [checkpoint, TQDMProgressBar(refresh_rate=5)]
+    callbacks: list[Any] = [checkpoint]
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=5))
     if config.trainer.patience > 0:
         callbacks.append(
             EarlyStopping(monitor=MONITOR, mode="max", patience=config.trainer.patience)
@@ -219,3 +221,7 @@ def fit(
         )
     )
     return result
+
+
+def _score(value: torch.Tensor | float | None) -> float:
+    return float("nan") if value is None else float(value)

@@ -7,8 +7,9 @@ Expected layout under ROOT::
     train_val_list.txt, test_list.txt   (optional: the official patient-wise split)
     BBox_List_2017.csv                  (optional: boxes, used by `cam --evaluate`)
 
-The metadata header names ``OriginalImage[Width,Height]`` and ``OriginalImagePixelSpacing[x,y]``
-as one column each although each spans two values; the 2017 file also ends rows with a comma.
+The metadata header's ``OriginalImage[Width,Height]`` and ``OriginalImagePixelSpacing[x,y]``
+each span two values (and, unquoted, two header fields); the 2017 file also ends rows with a
+comma. Both files are read by position with those names expanded.
 """
 
 from __future__ import annotations
@@ -39,7 +40,13 @@ REQUIRED = (
     "Patient Gender",
     "View Position",
 )
-_SPANNING = {
+# The unquoted header names "OriginalImage[Width,Height]" and "OriginalImagePixelSpacing[x,y]"
+# split at their commas into two fields each; a quoted header keeps them whole.
+_RENAME = {
+    "OriginalImage[Width": ("OriginalImageWidth",),
+    "Height]": ("OriginalImageHeight",),
+    "OriginalImagePixelSpacing[x": ("PixelSpacingX",),
+    "y]": ("PixelSpacingY",),
     "OriginalImage[Width,Height]": ("OriginalImageWidth", "OriginalImageHeight"),
     "OriginalImagePixelSpacing[x,y]": ("PixelSpacingX", "PixelSpacingY"),
 }
@@ -66,7 +73,7 @@ def read_metadata(csv_path: Path) -> pd.DataFrame:
         raise UserError(f"{csv_path} is empty; expected NIH's Data_Entry header")
     names: list[str] = []
     for name in header:
-        names.extend(_SPANNING.get(name.strip(), (name.strip(),)))
+        names.extend(_RENAME.get(name.strip(), (name.strip(),)))
     missing = [c for c in REQUIRED if c not in names]
     if missing:
         raise UserError(

@@ -1,0 +1,84 @@
+"""Batch transforms on uint8 tensors and backbone creation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cxrkit import models
+from cxrkit.config import AugmentConfig
+from cxrkit.errors import UserError
+from cxrkit.models import cam_target_layer, create_model, input_normalization
+from cxrkit.transforms import eval_transform, train_transform
+
+IDENTITY = AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), rotate_deg=0.0, translate=0.0,
+                         brightness=0.0, contrast=0.0, hflip=False)
+
+
+def _batch(n: int = 4, size: int = 32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 1, size, size), dtype=torch.uint8, generator=g)
+
+
+def test_eval_transform_shape_range_and_normalisation() -> None:
+    x = eval_transform(_batch(), 16, mean=0.5, std=0.25)
+    assert x.shape == (4, 1, 16, 16) and x.dtype == torch.float32
+    assert x.min() >= -2.0 - 1e-6 and x.max() <= 2.0 + 1e-6
+    same = eval_transform(_batch(), 32, mean=0.0, std=1.0)
+    torch.testing.assert_close(same, _batch().float() / 255)
+
+
+def test_identity_augmentation_equals_eval_transform() -> None:
+    torch.manual_seed(1)
+    got = train_transform(_batch(), 32, 0.4, 0.2, IDENTITY)
+    torch.testing.assert_close(got, eval_transform(_batch(), 32, 0.4, 0.2), atol=1e-4, rtol=0)
+
+
+def test_random_augmentation_varies_per_image_and_keeps_shape() -> None:
+    torch.manual_seed(2)
+    images = _batch(1).repeat(6, 1, 1, 1)
+    out = train_transform(images, 24, 0.5, 0.5, AugmentConfig())
+    assert out.shape == (6, 1, 24, 24)
+    assert not torch.allclose(out[0], out[1])
+
+
+def test_no_horizontal_flip_by_default() -> None:
+    image = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
+    image[..., :, 24:] = 255  # bright on the image right, like the heart
+    cfg = AugmentConfig(scale=(0.9, 1.0), rotate_deg=3.0, translate=0.02, brightness=0.0,
+                        contrast=0.0)
+    torch.manual_seed(3)
+    out = train_transform(image.repeat(64, 1, 1, 1), 32, 0.0, 1.0, cfg)
+    right, left = out[..., 16:].mean(dim=(1, 2, 3)), out[..., :16].mean(dim=(1, 2, 3))
+    assert (right > left).all()
+    flipped = train_transform(image.repeat(64, 1, 1, 1), 32, 0.0, 1.0,
+                              AugmentConfig(hflip=True, brightness=0.0, contrast=0.0))
+    assert (flipped[..., 16:].mean(dim=(1, 2, 3)) < flipped[..., :16].mean(dim=(1, 2, 3))).any()
+
+
+@pytest.mark.parametrize("backbone", ["resnet10t", "densenet121", "efficientnet_b0",
+                                      "convnext_atto", "mobilenetv3_small_050"])
+def test_backbones_give_logits_and_a_spatial_cam_layer(backbone: str) -> None:
+    model = create_model(backbone, 3).eval()
+    assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 3)
+    seen: list[torch.Tensor] = []
+    handle = cam_target_layer(model, backbone).register_forward_hook(
+        lambda m, i, o: seen.append(o))
+    model(torch.zeros(1, 1, 64, 64))
+    handle.remove()
+    assert seen and seen[0].ndim == 4 and seen[0].shape[-1] > 1
+    mean, std = input_normalization(model)
+    assert 0.3 < mean < 0.6 and 0.1 < std < 0.6
+
+
+def test_unknown_backbone_suggests_names() -> None:
+    with pytest.raises(UserError, match="did you mean 'densenet121'"):
+        create_model("densenet12l", 2)
+
+
+def test_pretrained_without_network_says_what_to_do(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path) -> None:
+    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(UserError, match="model.pretrained=false"):
+        create_model("resnet10t", 2, pretrained=True)
