@@ -32,7 +32,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_synth.py
 	$(BIN)/python benchmarks/bench_decode.py
 	$(BIN)/python benchmarks/bench_prepare.py
-	$(BIN)/python benchmarks/bench_demo.py
+	bash benchmarks/fresh_clone_demo.sh
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

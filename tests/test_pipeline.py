@@ -120,7 +120,7 @@ def test_cam_overlays_and_heatmaps(trained: Path, prepared: Path, tmp_path: Path
     for r in results:
         assert r.heatmap.shape == (64, 64) and 0 <= r.heatmap.min() <= r.heatmap.max() <= 1
         png = cv2.imread(str(r.overlay_path))
-        assert png.shape[0] == 64 and png.shape[1] > 64
+        assert png.shape[0] > 64 and png.shape[1] > 64  # title band and colour bar
         assert np.load(r.overlay_path.with_suffix(".npy")).shape == (64, 64)
     with pytest.raises(UserError, match="unknown CAM target"):
         heatmaps(predictor, np.zeros((64, 64), np.uint8), "Cardiomegalyy")

@@ -93,7 +93,7 @@ def test_official_split_nested_folders_and_2017_trailing_comma(tmp_path: Path) -
     assert t.loc["00000001_000.png", ["Cardiomegaly", "Effusion", "Nodule"]].tolist() == [1, 1, 0]
     assert t.loc["00000002_000.png", "Pleural Thickening"] == 1
     header = json.loads((tmp_path / "prep" / "manifest.json").read_text())
-    assert header["split"]["policy"].startswith("official test list")
+    assert header["split"]["policy"] == "official test; official train+val divided by patient (0.1 val)"
     assert set(header["split"]["patients_sha256"]) == {"train", "val", "test"}
 
 

@@ -74,6 +74,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
         workers=a.workers,
         overwrite=a.overwrite,
         split=SplitPolicy(val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed),
+        options={k[4:]: v for k, v in vars(a).items() if k.startswith("opt_")},
     )
     h = m.header
     print(f"prepared {h['counts']['prepared']} images of {h['dataset']} into {m.folder}")
@@ -153,6 +154,31 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_dataset_parsers(prepare: argparse.ArgumentParser, cpus: int) -> None:
+    """One ``prepare <dataset>`` sub-command per registered dataset, with its own options."""
+    from cxrkit.datasets import list_datasets
+
+    sub = prepare.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    for spec in list_datasets():
+        s = sub.add_parser(spec.name, help=spec.title,
+                           description=f"{spec.title}. Expected layout: {spec.layout}")
+        s.add_argument("--root", required=True, help="the dataset folder as distributed")
+        s.add_argument("--out", required=True, help="output folder for manifest + cache")
+        s.add_argument("--size", type=int, default=256, help="cache image side (default 256)")
+        s.add_argument("--val-fraction", type=float, default=0.1, help="patients for validation")
+        s.add_argument("--test-fraction", type=float, default=0.2,
+                       help="patients for test where the dataset has no official test split")
+        s.add_argument("--seed", type=int, default=0, help="split seed")
+        s.add_argument("--workers", type=int, default=cpus, help="decoding processes")
+        s.add_argument("--overwrite", action="store_true",
+                       help="replace an existing prepared folder")
+        for opt in spec.options:
+            s.add_argument(f"--{opt.name}", dest=f"opt_{opt.name.replace('-', '_')}",
+                           type=opt.type, default=opt.default, choices=opt.choices,
+                           nargs="+" if opt.multiple else None,
+                           help=f"{opt.help} (default: {opt.default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="cxrkit",
@@ -181,20 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("datasets", cmd_datasets, "list the datasets `prepare` understands and their layouts")
 
     s = add("prepare", cmd_prepare, "parse a dataset, split it by patient, build the image cache")
-    s.add_argument("dataset", help="dataset name (see `cxrkit datasets`), e.g. nih")
-    s.add_argument("--root", required=True, help="the dataset folder as distributed")
-    s.add_argument("--out", required=True, help="output folder for manifest + cache")
-    s.add_argument("--size", type=int, default=256, help="cache image side (default 256)")
-    s.add_argument("--val-fraction", type=float, default=0.1, help="patients for validation")
-    s.add_argument(
-        "--test-fraction",
-        type=float,
-        default=0.2,
-        help="patients for test when the dataset has no official test split",
-    )
-    s.add_argument("--seed", type=int, default=0, help="split seed")
-    s.add_argument("--workers", type=int, default=cpus, help="decoding processes")
-    s.add_argument("--overwrite", action="store_true", help="replace an existing prepared folder")
+    add_dataset_parsers(s, cpus)
 
     s = add("train", cmd_train, "train a model on a prepared dataset")
     s.add_argument("--config", required=True, help="YAML recipe file or shipped recipe name")

@@ -91,8 +91,8 @@ def to_original(heatmap: np.ndarray, shape: tuple[int, int], letterbox_size: int
 def overlay(
     pixels: np.ndarray, heatmap: np.ndarray, title: str, *, alpha: float = 0.4
 ) -> np.ndarray:
-    """Colour overlay ``(H, W + bar, 3)`` BGR uint8: the gray image, the jet heatmap, a title
-    and a colour bar from 0 (blue) to 1 (red)."""
+    """Colour overlay ``(band + H, W + bar, 3)`` BGR uint8: a title band, the gray image with
+    the jet heatmap blended in, and a colour bar from 0 (blue, bottom) to 1 (red, top)."""
     h, w = pixels.shape
     colour = cv2.applyColorMap((heatmap * 255).astype(np.uint8), cv2.COLORMAP_JET)
     gray = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
@@ -100,21 +100,15 @@ def overlay(
     bar_w = max(12, w // 24)
     ramp = np.linspace(255, 0, h).astype(np.uint8)[:, None].repeat(bar_w, axis=1)
     bar = cv2.applyColorMap(ramp, cv2.COLORMAP_JET)
-    canvas = np.concatenate([blended, np.full((h, bar_w // 2, 3), 255, np.uint8), bar], axis=1)
-    scale = max(0.4, w / 700)
-    thickness = max(1, round(scale * 2))
-    for colour_, width in (((0, 0, 0), thickness + 2), ((255, 255, 255), thickness)):
-        cv2.putText(
-            canvas,
-            title,
-            (8, int(30 * scale)),
-            cv2.FONT_HERSHEY_SIMPLEX,
-            scale,
-            colour_,
-            width,
-            cv2.LINE_AA,
-        )
-    return canvas
+    body = np.concatenate([blended, np.full((h, bar_w // 2, 3), 255, np.uint8), bar], axis=1)
+    scale = 0.4
+    (text_w, text_h), _ = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    scale = max(0.3, min(1.5, 0.4 * 0.95 * body.shape[1] / max(text_w, 1)))
+    band_h = int(text_h * scale / 0.4) + 12
+    band = np.full((band_h, body.shape[1], 3), 255, np.uint8)
+    cv2.putText(band, title, (4, band_h - 7), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
+                max(1, round(scale * 1.5)), cv2.LINE_AA)
+    return np.concatenate([band, body], axis=0)
 
 
 def cam_image(

@@ -30,13 +30,32 @@ CANONICAL: tuple[str, ...] = (
     "Fibrosis",
     "Pleural Thickening",
     "Hernia",
+    # Beyond NIH's 14 (CheXpert, MIMIC-CXR, VinDr-CXR, PadChest):
+    "Enlarged Cardiomediastinum",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Fracture",
+    "Support Devices",
+    "Pleural Other",
+    "Aortic Enlargement",
+    "Calcification",
+    "ILD",
+    "Lung Cavity",
+    "Lung Cyst",
+    "Mediastinal Shift",
+    "Enlarged PA",
+    "COPD",
+    "Lung Tumor",
+    "Tuberculosis",
+    "Other Lesion",
+    "Other Disease",
 )
 
 #: NIH ChestX-ray14 spelling -> canonical name (only the names that differ).
 NIH_MAP: dict[str, str] = {"Pleural_Thickening": "Pleural Thickening", "Infiltrate": "Infiltration"}
 
 #: The 14 NIH findings, in NIH's usual order, in canonical spelling.
-NIH_FINDINGS: tuple[str, ...] = CANONICAL
+NIH_FINDINGS: tuple[str, ...] = CANONICAL[:14]
 
 
 def canonical_name(name: str, mapping: dict[str, str] | None = None) -> str:

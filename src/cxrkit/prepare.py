@@ -38,29 +38,36 @@ def assign_splits(
 ) -> tuple[np.ndarray, str]:
     """Split names for every row, and a description of how they were chosen.
 
-    With an ``official_split`` column (``test`` / ``trainval``), official test stays test and
-    the official train+val is divided patient-wise into train and val; otherwise all three are
-    drawn patient-wise, stratified over findings.
+    Rows with an ``official_split`` of ``train``/``val``/``test`` keep it; ``trainval`` rows
+    are divided by patient into train and val (``val_fraction``); rows without an official
+    split (no column, or ``""``) are drawn by patient into train/val/test, stratified over
+    findings. Patients are never divided between the two groups (the leakage check runs later).
     """
     labels = table[findings].to_numpy(np.float32)
-    val = policy.val_fraction
-    if "official_split" in table and (table["official_split"] != "").any():
-        split = np.full(len(table), "", dtype=object)
-        test = (table["official_split"] == "test").to_numpy()
-        trainval = (table["official_split"] == "trainval").to_numpy()
-        split[test] = "test"
-        if trainval.any():
-            split[trainval] = stratified_patient_split(
-                table.loc[trainval, "patient_id"],
-                labels[trainval],
-                {"train": 1 - val, "val": val},
-                seed=policy.seed,
-            )
-        return split, f"official test list; official train_val list split by patient ({val:g} val)"
-    test_f = policy.test_fraction
-    fractions = {"train": 1 - val - test_f, "val": val, "test": test_f}
-    split = stratified_patient_split(table["patient_id"], labels, fractions, seed=policy.seed)
-    return split, f"patient-wise, stratified over findings: {fractions}"
+    val, test_f = policy.val_fraction, policy.test_fraction
+    official = (
+        table["official_split"].to_numpy(dtype=object)
+        if "official_split" in table
+        else np.full(len(table), "", dtype=object)
+    )
+    split = np.where(np.isin(official, ["train", "val", "test"]), official, "").astype(object)
+    parts = []
+    trainval = official == "trainval"
+    if trainval.any():
+        split[trainval] = stratified_patient_split(
+            table.loc[trainval, "patient_id"], labels[trainval],
+            {"train": 1 - val, "val": val}, seed=policy.seed)
+        parts.append(f"official train+val divided by patient ({val:g} val)")
+    if (split != "").any() and not trainval.all():
+        parts.insert(0, "official " + "/".join(sorted(set(official[np.isin(
+            official, ["train", "val", "test"])]))))
+    free = official == ""
+    if free.any():
+        fractions = {"train": 1 - val - test_f, "val": val, "test": test_f}
+        split[free] = stratified_patient_split(
+            table.loc[free, "patient_id"], labels[free], fractions, seed=policy.seed)
+        parts.append(f"patient-wise, stratified over findings: {fractions}")
+    return split, "; ".join(parts)
 
 
 def prepare(
@@ -73,9 +80,11 @@ def prepare(
     workers: int = 1,
     overwrite: bool = False,
     progress: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> Manifest:
     """Prepare ``root`` (a raw ``dataset`` folder) into ``out``; returns the loaded manifest.
 
+    ``options`` are the dataset's own options (see its :class:`~cxrkit.datasets.Option` list).
     An interrupted prepare resumes its cache when run again with the same arguments.
     Unreadable images are left out of the manifest and listed in ``failed_images.csv``.
     """
@@ -90,11 +99,9 @@ def prepare(
         shutil.rmtree(out)
     if size < 32:
         raise UserError(f"cache size must be at least 32 pixels, got {size}")
-    parsed = spec.parse(root)
+    parsed = spec.parse(root, **(options or {}))
     table = parsed.table.reset_index(drop=True)
     table["split"], split_desc = assign_splits(table, parsed.findings, split)
-    unassigned = table["split"] == ""
-    table = table[~unassigned].reset_index(drop=True)
     table["cache_index"] = np.arange(len(table))
     out.mkdir(parents=True, exist_ok=True)
     built = build_cache(
@@ -125,6 +132,7 @@ def prepare(
         "cxrkit_version": __version__,
         "findings": parsed.findings,
         "label_policy": parsed.label_policy,
+        "options": options or {},
         "split": {
             "policy": split_desc,
             "seed": split.seed,
@@ -143,7 +151,6 @@ def prepare(
         },
         "counts": {
             **parsed.counts,
-            "not_in_any_split": int(unassigned.sum()),
             "failed_to_read": len(built.failures),
             "prepared": len(table),
         },

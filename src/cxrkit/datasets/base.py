@@ -40,13 +40,32 @@ class Parsed:
 
 
 @dataclass(frozen=True)
+class Option:
+    """A dataset-specific ``prepare`` option: becomes ``--<name>`` on the command line and the
+    keyword argument ``name`` (dashes -> underscores) of the dataset's ``parse``."""
+
+    name: str
+    help: str
+    default: Any = None
+    type: Callable[[str], Any] = str
+    choices: tuple[str, ...] | None = None
+    multiple: bool = False  # accepts several values (``nargs="+"``)
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
-    """A registered dataset: its name, the layout it expects, and its parser."""
+    """A registered dataset: its name, the layout it expects, its parser and its options.
+
+    ``parse(root, **options)`` returns a :class:`Parsed`. An optional ``official_split``
+    column holds ``train``, ``val``, ``test``, ``trainval`` (to be divided by patient into
+    train and val) or ``""`` (no official assignment: drawn by patient with the others).
+    """
 
     name: str
     title: str
     layout: str
     parse: Callable[..., Parsed]
+    options: tuple[Option, ...] = ()
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}

@@ -154,6 +154,7 @@ def parse(root: str | Path) -> Parsed:
         in_test = table["image_id"].isin(_read_list(test))
         in_trainval = table["image_id"].isin(_read_list(train_val))
         table["official_split"] = np.where(in_test, "test", np.where(in_trainval, "trainval", ""))
+        # Images in neither list: drawn by patient like a dataset without an official split.
         counts["not_in_official_lists"] = int((~in_test & ~in_trainval).sum())
     policy = {
         "source": "Finding Labels, '|'-separated; every NIH finding is labelled (0 or 1)",
