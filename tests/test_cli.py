@@ -16,41 +16,136 @@ from cxrkit.cli import main
 
 def test_full_flow_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ph, prep, run = tmp_path / "ph", tmp_path / "prep", tmp_path / "run"
-    assert main(["synth", "--out", str(ph), "--n-patients", "40", "--size", "64",
-                 "--workers", "1"]) == 0
+    assert (
+        main(["synth", "--out", str(ph), "--n-patients", "40", "--size", "64", "--workers", "1"])
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
-    assert main(["prepare", "nih", "--root", str(ph), "--out", str(prep), "--size", "64",
-                 "--workers", "2"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "nih",
+                "--root",
+                str(ph),
+                "--out",
+                str(prep),
+                "--size",
+                "64",
+                "--workers",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "prepared" in capsys.readouterr().out
-    assert main(["train", "--config", "demo", "--data", str(prep), "--out", str(run),
-                 "--set", *TINY_OVERRIDES, "data.findings=null"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "demo",
+                "--data",
+                str(prep),
+                "--out",
+                str(run),
+                "--set",
+                *TINY_OVERRIDES,
+                "data.findings=null",
+            ]
+        )
+        == 0
+    )
     ckpt = run / "checkpoints" / "best.ckpt"
     assert ckpt.is_file()
-    assert main(["eval", "--checkpoint", str(ckpt), "--data", str(prep), "--out",
-                 str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(prep),
+                "--out",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "macro" in out and "Sen@Spec(0.8)" in out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["n_images"] == len(pd.read_csv(prep / "manifest.csv").query("split == 'test'"))
-    assert main(["infer", "--checkpoint", str(ckpt), "--source", str(ph / "images"), "--out",
-                 str(tmp_path / "preds.csv")]) == 0
+    assert (
+        main(
+            [
+                "infer",
+                "--checkpoint",
+                str(ckpt),
+                "--source",
+                str(ph / "images"),
+                "--out",
+                str(tmp_path / "preds.csv"),
+            ]
+        )
+        == 0
+    )
     preds = pd.read_csv(tmp_path / "preds.csv")
     assert len(preds) == len(list((ph / "images").glob("*.png")))
     assert (preds["status"] == "ok").all()
     image = sorted((ph / "images").glob("*.png"))[0]
-    assert main(["cam", "--checkpoint", str(ckpt), "--image", str(image), "--out",
-                 str(tmp_path / "cam")]) == 0
+    assert (
+        main(
+            [
+                "cam",
+                "--checkpoint",
+                str(ckpt),
+                "--image",
+                str(image),
+                "--out",
+                str(tmp_path / "cam"),
+            ]
+        )
+        == 0
+    )
     assert list((tmp_path / "cam").glob("*.png"))
     # A run folder is never overwritten silently.
-    assert main(["train", "--config", "demo", "--data", str(prep), "--out", str(run),
-                 "--set", *TINY_OVERRIDES]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "demo",
+                "--data",
+                str(prep),
+                "--out",
+                str(run),
+                "--set",
+                *TINY_OVERRIDES,
+            ]
+        )
+        == 2
+    )
     assert "--overwrite" in capsys.readouterr().err
 
 
 def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "cxrkit.cli", "prepare", "nih", "--root", str(tmp_path / "nope"),
-         "--out", str(tmp_path / "prep")], capture_output=True, text=True, check=False)
+        [
+            sys.executable,
+            "-m",
+            "cxrkit.cli",
+            "prepare",
+            "nih",
+            "--root",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "prep"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and str(tmp_path / "nope") in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -59,34 +154,73 @@ def test_user_errors_exit_2_without_traceback(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "--config", "demo", "--data", "{prep}", "--out", "{tmp}/r",
-          "--set", "model.backbone=resnet1O"], "unknown backbone"),
-        (["train", "--config", "dmeo", "--data", "{prep}", "--out", "{tmp}/r"],
-         "did you mean 'demo'"),
-        (["train", "--config", "demo", "--data", "{tmp}", "--out", "{tmp}/r"],
-         "not a prepared dataset"),
-        (["eval", "--checkpoint", "{tmp}/none.ckpt", "--data", "{prep}", "--out", "{tmp}/e"],
-         "does not exist"),
-        (["infer", "--checkpoint", "{tmp}/none.ckpt", "--source", "{tmp}", "--out", "{tmp}/p.csv"],
-         "does not exist"),
+        (
+            [
+                "train",
+                "--config",
+                "demo",
+                "--data",
+                "{prep}",
+                "--out",
+                "{tmp}/r",
+                "--set",
+                "model.backbone=resnet1O",
+            ],
+            "unknown backbone",
+        ),
+        (
+            ["train", "--config", "dmeo", "--data", "{prep}", "--out", "{tmp}/r"],
+            "did you mean 'demo'",
+        ),
+        (
+            ["train", "--config", "demo", "--data", "{tmp}", "--out", "{tmp}/r"],
+            "not a prepared dataset",
+        ),
+        (
+            ["eval", "--checkpoint", "{tmp}/none.ckpt", "--data", "{prep}", "--out", "{tmp}/e"],
+            "does not exist",
+        ),
+        (
+            [
+                "infer",
+                "--checkpoint",
+                "{tmp}/none.ckpt",
+                "--source",
+                "{tmp}",
+                "--out",
+                "{tmp}/p.csv",
+            ],
+            "does not exist",
+        ),
     ],
 )
-def test_bad_input_messages(argv: list[str], message: str, prepared: Path, tmp_path: Path,
-                            capsys: pytest.CaptureFixture) -> None:
+def test_bad_input_messages(
+    argv: list[str], message: str, prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     args = [a.format(prep=prepared, tmp=tmp_path) for a in argv]
     assert main(args) == 2
     assert message in capsys.readouterr().err
 
 
-def test_infer_exit_code_when_some_files_fail(trained: Path, tmp_path: Path, phantom: Path,
-                                              capsys: pytest.CaptureFixture) -> None:
+def test_infer_exit_code_when_some_files_fail(
+    trained: Path, tmp_path: Path, phantom: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder = tmp_path / "mixed"
     folder.mkdir()
     image = sorted((phantom / "images").glob("*.png"))[0]
     (folder / image.name).write_bytes(image.read_bytes())
     (folder / "empty.png").write_bytes(b"")
-    code = main(["infer", "--checkpoint", str(trained / "checkpoints" / "best.ckpt"),
-                 "--source", str(folder), "--out", str(tmp_path / "p.csv")])
+    code = main(
+        [
+            "infer",
+            "--checkpoint",
+            str(trained / "checkpoints" / "best.ckpt"),
+            "--source",
+            str(folder),
+            "--out",
+            str(tmp_path / "p.csv"),
+        ]
+    )
     assert code == 3
     assert "1 image(s) predicted, 1 failed" in capsys.readouterr().out
 

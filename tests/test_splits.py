@@ -62,14 +62,17 @@ def test_bad_fractions_rejected() -> None:
 
 
 def test_leakage_check_catches_a_planted_leak() -> None:
-    table = pd.DataFrame({"patient_id": ["1", "1", "2", "3"],
-                          "split": ["train", "test", "train", "val"]})
+    table = pd.DataFrame(
+        {"patient_id": ["1", "1", "2", "3"], "split": ["train", "test", "train", "val"]}
+    )
     with pytest.raises(LeakageError, match=r"1 patient\(s\).*e\.g\. 1"):
         check_no_leakage(table)
 
 
 def test_fingerprints_depend_only_on_patient_sets() -> None:
-    t1 = pd.DataFrame({"patient_id": ["2", "1", "1", "3"], "split": ["train", "train", "train", "test"]})
+    t1 = pd.DataFrame(
+        {"patient_id": ["2", "1", "1", "3"], "split": ["train", "train", "train", "test"]}
+    )
     t2 = pd.DataFrame({"patient_id": ["1", "2", "3"], "split": ["train", "train", "test"]})
     t3 = pd.DataFrame({"patient_id": ["1", "3", "2"], "split": ["train", "train", "test"]})
     assert split_fingerprints(t1) == split_fingerprints(t2)

@@ -160,23 +160,34 @@ def add_dataset_parsers(prepare: argparse.ArgumentParser, cpus: int) -> None:
 
     sub = prepare.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     for spec in list_datasets():
-        s = sub.add_parser(spec.name, help=spec.title,
-                           description=f"{spec.title}. Expected layout: {spec.layout}")
+        s = sub.add_parser(
+            spec.name, help=spec.title, description=f"{spec.title}. Expected layout: {spec.layout}"
+        )
         s.add_argument("--root", required=True, help="the dataset folder as distributed")
         s.add_argument("--out", required=True, help="output folder for manifest + cache")
         s.add_argument("--size", type=int, default=256, help="cache image side (default 256)")
         s.add_argument("--val-fraction", type=float, default=0.1, help="patients for validation")
-        s.add_argument("--test-fraction", type=float, default=0.2,
-                       help="patients for test where the dataset has no official test split")
+        s.add_argument(
+            "--test-fraction",
+            type=float,
+            default=0.2,
+            help="patients for test where the dataset has no official test split",
+        )
         s.add_argument("--seed", type=int, default=0, help="split seed")
         s.add_argument("--workers", type=int, default=cpus, help="decoding processes")
-        s.add_argument("--overwrite", action="store_true",
-                       help="replace an existing prepared folder")
+        s.add_argument(
+            "--overwrite", action="store_true", help="replace an existing prepared folder"
+        )
         for opt in spec.options:
-            s.add_argument(f"--{opt.name}", dest=f"opt_{opt.name.replace('-', '_')}",
-                           type=opt.type, default=opt.default, choices=opt.choices,
-                           nargs="+" if opt.multiple else None,
-                           help=f"{opt.help} (default: {opt.default})")
+            s.add_argument(
+                f"--{opt.name}",
+                dest=f"opt_{opt.name.replace('-', '_')}",
+                type=opt.type,
+                default=opt.default,
+                choices=opt.choices,
+                nargs="+" if opt.multiple else None,
+                help=f"{opt.help} (default: {opt.default})",
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("train", cmd_train, "train a model on a prepared dataset")
     s.add_argument("--config", required=True, help="YAML recipe file or shipped recipe name")
-    s.add_argument("--data", required=True, help="prepared folder (from `cxrkit prepare`)")
+    s.add_argument(
+        "--data",
+        required=True,
+        action="append",
+        help="prepared folder (from `cxrkit prepare`); repeat to train on several",
+    )
     s.add_argument("--out", required=True, help="run folder")
     s.add_argument(
         "--set",

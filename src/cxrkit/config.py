@@ -30,6 +30,7 @@ class DataConfig:
     batch_size: int = 32
     num_workers: int = 2
     findings: list[str] | None = None  # None: every manifest finding with train positives
+    combine: str = "union"  # several --data: union or intersection of their findings
 
 
 @dataclass

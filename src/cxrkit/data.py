@@ -7,6 +7,7 @@ Augmentation and normalisation happen afterwards on the batch (see ``transforms`
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,8 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from cxrkit.cache import open_cache
+from cxrkit.errors import UserError
+from cxrkit.labels import select_findings
 from cxrkit.manifest import Manifest
 
 
@@ -27,31 +30,50 @@ class CacheSpec:
 
 
 class CacheBatches(Dataset):
-    """Index = a list of row positions; returns the batch ``(images, labels)``."""
+    """Index = a list of row positions; returns the batch ``(images, labels)``.
 
-    def __init__(self, cache: CacheSpec, slots: np.ndarray, labels: np.ndarray):
-        if len(slots) != len(labels):
-            raise ValueError(f"{len(slots)} cache slots but {len(labels)} label rows")
-        self.cache = cache
+    Rows may come from several caches (several prepared datasets trained together): row ``i``
+    is slot ``slots[i]`` of cache ``caches[sources[i]]``. All caches must share one size.
+    """
+
+    def __init__(
+        self, caches: list[CacheSpec], sources: np.ndarray, slots: np.ndarray, labels: np.ndarray
+    ):
+        if not (len(sources) == len(slots) == len(labels)):
+            raise ValueError(
+                f"{len(sources)} sources, {len(slots)} cache slots and "
+                f"{len(labels)} label rows: expected one of each per row"
+            )
+        sizes = {c.size for c in caches}
+        if len(sizes) != 1:
+            raise UserError(
+                f"prepared datasets cached at different sizes {sorted(sizes)}; "
+                "prepare them with the same --size to train them together"
+            )
+        self.caches = caches
+        self.size = sizes.pop()
+        self.sources = np.asarray(sources, dtype=np.int64)
         self.slots = np.asarray(slots, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.float32)
-        self._memmap: np.memmap | None = None
+        self._memmaps: list[np.memmap] | None = None
 
     def __len__(self) -> int:
         return len(self.slots)
 
     def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._memmap is None:
-            self._memmap = open_cache(self.cache.file, self.cache.n, self.cache.size)
+        if self._memmaps is None:
+            self._memmaps = [open_cache(c.file, c.n, c.size) for c in self.caches]
         rows_arr = np.asarray(rows, dtype=np.int64)
-        slots = self.slots[rows_arr]
-        order = np.argsort(slots, kind="stable")  # sequential reads, then back to batch order
-        images = np.empty((len(rows_arr), 1, self.cache.size, self.cache.size), dtype=np.uint8)
-        images[order, 0] = self._memmap[slots[order]]
+        images = np.empty((len(rows_arr), 1, self.size, self.size), dtype=np.uint8)
+        sources, slots = self.sources[rows_arr], self.slots[rows_arr]
+        for source in np.unique(sources):
+            where = np.flatnonzero(sources == source)
+            where = where[np.argsort(slots[where], kind="stable")]  # sequential reads
+            images[where, 0] = self._memmaps[source][slots[where]]
         return torch.from_numpy(images), torch.from_numpy(self.labels[rows_arr])
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_memmap": None}
+        return {**self.__dict__, "_memmaps": None}
 
 
 def cache_spec(manifest: Manifest) -> CacheSpec:
@@ -82,3 +104,81 @@ def make_loader(
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+@dataclass
+class SplitData:
+    """One split of one or more prepared datasets: what a :class:`CacheBatches` needs."""
+
+    sources: np.ndarray  # (n,) index into TrainingData.caches
+    slots: np.ndarray  # (n,) cache slot
+    labels: np.ndarray  # (n, C) float32, NaN = unknown (incl. findings a dataset lacks)
+
+    def batches(self, caches: list[CacheSpec]) -> CacheBatches:
+        return CacheBatches(caches, self.sources, self.slots, self.labels)
+
+
+@dataclass
+class TrainingData:
+    """Several prepared datasets seen as one: the chosen findings and each split's rows."""
+
+    manifests: list[Manifest]
+    findings: list[str]
+
+    @property
+    def caches(self) -> list[CacheSpec]:
+        return [cache_spec(m) for m in self.manifests]
+
+    def split(self, name: str) -> SplitData:
+        """Rows of ``name`` from every dataset; a finding a dataset lacks is NaN (masked)."""
+        sources, slots, labels = [], [], []
+        for i, m in enumerate(self.manifests):
+            rows = m.table[m.table["split"] == name]
+            y = np.full((len(rows), len(self.findings)), np.nan, dtype=np.float32)
+            for j, f in enumerate(self.findings):
+                if f in m.findings:
+                    y[:, j] = rows[f].to_numpy(np.float32)
+            sources.append(np.full(len(rows), i))
+            slots.append(rows["cache_index"].to_numpy())
+            labels.append(y)
+        return SplitData(np.concatenate(sources), np.concatenate(slots), np.concatenate(labels))
+
+
+def combine(
+    manifests: list[Manifest], wanted: list[str] | None, mode: str = "union"
+) -> TrainingData:
+    """Choose the findings to train on over ``manifests``.
+
+    ``wanted`` (a list) is validated against the union (``mode="union"``) or the intersection
+    (``"intersection"``) of the datasets' findings. ``None`` takes that union/intersection,
+    keeping only findings with at least one positive training image (a warning names the
+    others).
+    """
+    if mode not in ("union", "intersection"):
+        raise UserError(f"data.combine must be 'union' or 'intersection', got {mode!r}")
+    sets = [m.findings for m in manifests]
+    if mode == "union":
+        available = list(dict.fromkeys(f for s in sets for f in s))
+    else:
+        available = [f for f in sets[0] if all(f in s for s in sets[1:])]
+    if not available:
+        raise UserError(
+            "the prepared datasets have no finding in common (data.combine="
+            "intersection); use data.combine=union"
+        )
+    if wanted is not None:
+        return TrainingData(manifests, select_findings(available, wanted))
+    data = TrainingData(manifests, available)
+    positives = np.nansum(data.split("train").labels == 1, axis=0)
+    kept = [f for f, p in zip(available, positives, strict=True) if p > 0]
+    dropped = [f for f in available if f not in kept]
+    if dropped:
+        warnings.warn(
+            f"no positive training images for {', '.join(dropped)}: not trained; "
+            "set data.findings to choose explicitly",
+            UserWarning,
+            stacklevel=2,
+        )
+    if not kept:
+        raise UserError("no finding has a positive image in the train split")
+    return TrainingData(manifests, kept)

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
@@ -30,10 +29,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from cxrkit import __version__
 from cxrkit.config import TrainConfig, config_to_dict
-from cxrkit.data import CacheBatches, cache_spec, make_loader
+from cxrkit.data import combine, make_loader
 from cxrkit.errors import UserError
-from cxrkit.labels import select_findings
-from cxrkit.manifest import Manifest, load_manifest
+from cxrkit.manifest import load_manifest
 from cxrkit.training import MONITOR, CXRModule, count_labels, new_card
 
 
@@ -77,81 +75,69 @@ def resolve_precision(requested: str) -> str:
     return "bf16-mixed" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "32-true"
 
 
-def choose_findings(
-    manifest: Manifest, wanted: list[str] | None, train_labels: np.ndarray
-) -> list[str]:
-    """The findings to train on: ``wanted``, or every manifest finding with train positives."""
-    if wanted is not None:
-        return select_findings(manifest.findings, wanted)
-    pos, _ = count_labels(train_labels)
-    kept = [f for f, p in zip(manifest.findings, pos, strict=True) if p > 0]
-    dropped = sorted(set(manifest.findings) - set(kept))
-    if dropped:
-        warnings.warn(
-            f"no positive training images for {', '.join(dropped)}: not trained; "
-            "set data.findings to choose explicitly",
-            UserWarning,
-            stacklevel=2,
-        )
-    if not kept:
-        raise UserError(f"no finding has a positive image in the train split of {manifest.folder}")
-    return kept
-
-
 def fit(
     config: TrainConfig,
-    data: str | Path,
+    data: str | Path | list[str | Path],
     out: str | Path,
     *,
     overwrite: bool = False,
     progress: bool = True,
 ) -> FitResult:
-    """Train as ``config`` says on the prepared folder ``data``; write the run to ``out``."""
+    """Train as ``config`` says on one or more prepared folders; write the run to ``out``.
+
+    Several folders are trained on together over the union (or, with
+    ``data.combine=intersection``, the intersection) of their findings; a finding a dataset
+    does not label is NaN there and masked in the loss and in validation AUROC.
+    """
     out = Path(out)
-    manifest = load_manifest(data)
-    train_rows, val_rows = manifest.rows("train"), manifest.rows("val")
-    findings = choose_findings(
-        manifest, config.data.findings, manifest.labels(train_rows, manifest.findings)
-    )
-    config.data.findings = findings
-    if config.data.image_size > manifest.header["cache"]["size"]:
+    folders = [Path(d) for d in (data if isinstance(data, list) else [data])]
+    manifests = [load_manifest(f) for f in folders]
+    combined = combine(manifests, config.data.findings, config.data.combine)
+    findings = config.data.findings = combined.findings
+    caches = combined.caches
+    train, val = combined.split("train"), combined.split("val")
+    if len(val.slots) == 0:
+        raise UserError(
+            f"no validation images in {', '.join(map(str, folders))}; "
+            "prepare with --val-fraction > 0"
+        )
+    if config.data.image_size > caches[0].size:
         warnings.warn(
-            f"data.image_size {config.data.image_size} > cache size "
-            f"{manifest.header['cache']['size']}: images are upsampled",
+            f"data.image_size {config.data.image_size} > cache size {caches[0].size}: "
+            "images are upsampled",
             UserWarning,
             stacklevel=2,
         )
     prepare_run_dir(out, overwrite)
     (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
     L.seed_everything(config.seed, workers=True, verbose=False)
-    train_y, val_y = manifest.labels(train_rows, findings), manifest.labels(val_rows, findings)
-    pos, neg = count_labels(train_y)
+    pos, neg = count_labels(train.labels)
     training_data = {
-        "dataset": manifest.header["dataset"],
-        "prepared": str(Path(data).resolve()),
-        "split_policy": manifest.header["split"]["policy"],
-        "patients_sha256": manifest.header["split"]["patients_sha256"],
-        "n_train": len(train_rows),
-        "n_val": len(val_rows),
+        "datasets": [
+            {
+                "dataset": m.header["dataset"],
+                "prepared": str(m.folder.resolve()),
+                "split_policy": m.header["split"]["policy"],
+                "patients_sha256": m.header["split"]["patients_sha256"],
+            }
+            for m in manifests
+        ],
+        "combine": config.data.combine,
+        "n_train": len(train.slots),
+        "n_val": len(val.slots),
         "train_positives": {f: int(p) for f, p in zip(findings, pos, strict=True)},
     }
-    module = CXRModule(
-        config,
-        new_card(config, findings, training_data, manifest.header["cache"]["size"]),
-        pos,
-        neg,
-    )
-    spec = cache_spec(manifest)
+    module = CXRModule(config, new_card(config, findings, training_data, caches[0].size), pos, neg)
     loaders = [
         make_loader(
-            CacheBatches(spec, rows["cache_index"].to_numpy(), y),
+            split.batches(caches),
             batch_size=config.data.batch_size,
             shuffle=shuffle,
             drop_last=shuffle,
             num_workers=config.data.num_workers,
             seed=config.seed,
         )
-        for rows, y, shuffle in ((train_rows, train_y, True), (val_rows, val_y, False))
+        for split, shuffle in ((train, True), (val, False))
     ]
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",

@@ -110,7 +110,7 @@ class Predictor:
             )
         dummy = np.zeros((len(rows), len(self.findings)), np.float32)
         loader = make_loader(
-            CacheBatches(spec, rows["cache_index"].to_numpy(), dummy),
+            CacheBatches([spec], np.zeros(len(rows)), rows["cache_index"].to_numpy(), dummy),
             batch_size=max(self.batch_size, 32),
             shuffle=False,
         )
