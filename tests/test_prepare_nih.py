@@ -150,3 +150,37 @@ def test_registry_did_you_mean() -> None:
     assert get_dataset("nih").name == "nih"
     with pytest.raises(UserError, match="did you mean 'nih'"):
         get_dataset("nhi")
+
+
+def test_clahe_is_baked_into_the_cache_and_recorded(phantom: Path, tmp_path: Path) -> None:
+    from cxrkit.cli import main
+    from cxrkit.io import read_xray
+    from cxrkit.preprocess import Clahe, prepare_image
+
+    assert main(["prepare", "nih", "--root", str(phantom), "--out", str(tmp_path / "p"),
+                 "--size", "64", "--clahe", "3.0", "--workers", "1"]) == 0
+    m = load_manifest(tmp_path / "p")
+    assert m.header["cache"]["clahe"] == {"clip_limit": 3.0, "tiles": 8}
+    row = m.table.iloc[0]
+    want = prepare_image(read_xray(row["path"]).pixels, 64, Clahe(3.0))
+    np.testing.assert_array_equal(m.cache()[row["cache_index"]], want)
+    plain = prepare_image(read_xray(row["path"]).pixels, 64)
+    assert not np.array_equal(want, plain)
+
+
+def test_interrupted_cache_build_resumes_only_with_the_same_inputs(tmp_path: Path) -> None:
+    from cxrkit.cache import DONE, build_cache, cache_paths
+
+    root = _fake_nih(tmp_path / "nih", ROWS)
+    paths = sorted(str(p) for p in (root / "images").glob("*.png"))
+    first = build_cache(paths, tmp_path / "c", size=16, progress=False)
+    assert first.resumed == 0 and not first.failures
+    _, state_file = cache_paths(tmp_path / "c", 16)
+    state = np.memmap(state_file, dtype=np.uint8, mode="r+")
+    state[5:] = 0  # as if the build had stopped after five images
+    state.flush()
+    again = build_cache(paths, tmp_path / "c", size=16, progress=False)
+    assert again.resumed == 5
+    assert (np.fromfile(state_file, dtype=np.uint8) == DONE).all()
+    other = build_cache(paths[::-1], tmp_path / "c", size=16, progress=False)
+    assert other.resumed == 0, "different inputs start over"

@@ -4,13 +4,17 @@ Layout in a prepared folder ``PREP/cache/``:
 
 - ``images_<size>.u8``: a raw memory-mapped array of shape ``(n, size, size)``, uint8;
 - ``images_<size>.state``: one byte per slot (0 = to do, 1 = written, 2 = failed), so an
-  interrupted build resumes where it stopped instead of starting over.
+  interrupted build resumes where it stopped instead of starting over;
+- ``images_<size>.json``: what is being cached (hash of the path list, size, CLAHE), so a
+  build only resumes work that was started with the same inputs.
 
 Training and evaluation read slices of the memmap; they never decode a PNG/DICOM per epoch.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import multiprocessing as mp
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +24,8 @@ import numpy as np
 from tqdm import tqdm
 
 from cxrkit.errors import UserError
-from cxrkit.io import ImageReadError, letterbox, read_xray
+from cxrkit.io import ImageReadError, read_xray
+from cxrkit.preprocess import Clahe, prepare_image
 
 TODO, DONE, FAILED = 0, 1, 2
 _CHUNK = 64
@@ -55,15 +60,18 @@ def open_cache(file: str | Path, n: int, size: int) -> np.memmap:
     return np.memmap(file, dtype=np.uint8, mode="r", shape=(n, size, size))
 
 
-def _work(args: tuple[str, str, int, int, list[tuple[int, str]]]) -> list[tuple[int, str | None]]:
+_Task = tuple[str, str, int, int, "Clahe | None", list[tuple[int, str]]]
+
+
+def _work(args: _Task) -> list[tuple[int, str | None]]:
     """Decode a chunk of images into their slots; return (slot, error or None) for each."""
-    data_file, state_file, n, size, items = args
+    data_file, state_file, n, size, clahe, items = args
     data = np.memmap(data_file, dtype=np.uint8, mode="r+", shape=(n, size, size))
     state = np.memmap(state_file, dtype=np.uint8, mode="r+", shape=(n,))
     results: list[tuple[int, str | None]] = []
     for slot, path in items:
         try:
-            data[slot] = letterbox(read_xray(path).pixels, size)
+            data[slot] = prepare_image(read_xray(path).pixels, size, clahe)
             state[slot] = DONE
             results.append((slot, None))
         except ImageReadError as err:
@@ -81,25 +89,37 @@ def build_cache(
     size: int = 256,
     workers: int = 1,
     progress: bool = True,
+    clahe: Clahe | None = None,
 ) -> CacheBuild:
     """Decode ``paths`` into the cache (slot ``i`` holds ``paths[i]``), resuming if possible.
 
-    A file that cannot be read never stops the build: its slot stays zero and the reason is
-    returned in :attr:`CacheBuild.failures` (and retried by the next build).
+    A build resumes only when the same paths, size and CLAHE settings were being cached
+    (recorded in ``images_<size>.json``). A file that cannot be read never stops the build: its
+    slot stays zero and the reason is returned in :attr:`CacheBuild.failures` (and retried by
+    the next build).
     """
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     data_file, state_file = cache_paths(cache_dir, size)
+    settings_file = data_file.with_suffix(".json")
     n = len(paths)
+    settings = {
+        "paths_sha256": hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest(),
+        "size": size,
+        "clahe": clahe.to_dict() if clahe else None,
+    }
     resumable = (
         data_file.is_file()
         and state_file.is_file()
+        and settings_file.is_file()
+        and json.loads(settings_file.read_text()) == settings
         and data_file.stat().st_size == n * size * size
         and state_file.stat().st_size == n
     )
     if not resumable:
         np.memmap(data_file, dtype=np.uint8, mode="w+", shape=(max(n, 1), size, size)).flush()
         np.memmap(state_file, dtype=np.uint8, mode="w+", shape=(max(n, 1),)).flush()
+        settings_file.write_text(json.dumps(settings))
     state = np.fromfile(state_file, dtype=np.uint8)
     todo = [i for i in range(n) if state[i] != DONE]
     resumed = n - len(todo)
@@ -109,6 +129,7 @@ def build_cache(
             str(state_file),
             n,
             size,
+            clahe,
             [(i, str(paths[i])) for i in todo[k : k + _CHUNK]],
         )
         for k in range(0, len(todo), _CHUNK)

@@ -64,6 +64,7 @@ def cmd_datasets(a: argparse.Namespace) -> int:
 
 
 def cmd_prepare(a: argparse.Namespace) -> int:
+    from cxrkit.preprocess import Clahe
     from cxrkit.prepare import SplitPolicy, prepare
 
     m = prepare(
@@ -75,6 +76,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
         overwrite=a.overwrite,
         split=SplitPolicy(val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed),
         options={k[4:]: v for k, v in vars(a).items() if k.startswith("opt_")},
+        clahe=Clahe(clip_limit=a.clahe) if a.clahe else None,
     )
     h = m.header
     print(f"prepared {h['counts']['prepared']} images of {h['dataset']} into {m.folder}")
@@ -177,6 +179,14 @@ def add_dataset_parsers(prepare: argparse.ArgumentParser, cpus: int) -> None:
         s.add_argument("--workers", type=int, default=cpus, help="decoding processes")
         s.add_argument(
             "--overwrite", action="store_true", help="replace an existing prepared folder"
+        )
+        s.add_argument(
+            "--clahe",
+            type=float,
+            default=None,
+            metavar="CLIP",
+            help="bake CLAHE with this clip limit (e.g. 2.0) into the cache; models trained on "
+            "it apply the same at inference",
         )
         for opt in spec.options:
             s.add_argument(

@@ -127,7 +127,13 @@ def fit(
         "n_val": len(val.slots),
         "train_positives": {f: int(p) for f, p in zip(findings, pos, strict=True)},
     }
-    module = CXRModule(config, new_card(config, findings, training_data, caches[0].size), pos, neg)
+    clahe = {json.dumps(m.header["cache"].get("clahe")) for m in manifests}
+    if len(clahe) != 1:
+        raise UserError("the prepared datasets differ in CLAHE; prepare them alike to train "
+                        "them together")
+    card = new_card(config, findings, training_data, caches[0].size)
+    card["normalization"]["clahe"] = manifests[0].header["cache"].get("clahe")
+    module = CXRModule(config, card, pos, neg)
     loaders = [
         make_loader(
             split.batches(caches),

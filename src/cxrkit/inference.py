@@ -21,8 +21,9 @@ from tqdm import tqdm
 from cxrkit.checkpoint import LoadedModel, load_checkpoint
 from cxrkit.data import CacheBatches, cache_spec, make_loader
 from cxrkit.errors import UserError
-from cxrkit.io import ImageReadError, letterbox, read_xray
+from cxrkit.io import ImageReadError, read_xray
 from cxrkit.manifest import Manifest
+from cxrkit.preprocess import Clahe, prepare_image
 from cxrkit.transforms import eval_transform
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -52,14 +53,15 @@ class Predictor:
         self.mean, self.std = float(norm["mean"]), float(norm["std"])
         self.input_size = int(self.card["input_size"])
         self.letterbox_size = int(norm.get("letterbox_size", self.input_size))
+        self.clahe = Clahe.from_dict(norm.get("clahe"))
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: object) -> Predictor:
         return cls(load_checkpoint(path), **kwargs)  # type: ignore[arg-type]
 
     def preprocess(self, pixels: np.ndarray) -> np.ndarray:
-        """``(H, W)`` uint8 -> ``(1, L, L)`` uint8 letterboxed as the training cache was."""
-        return letterbox(pixels, self.letterbox_size)[None]
+        """``(H, W)`` uint8 -> ``(1, L, L)`` uint8 prepared as the training cache was."""
+        return prepare_image(pixels, self.letterbox_size, self.clahe)[None]
 
     def model_input(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 1, L, L)`` uint8 -> ``(N, 1, S, S)`` normalised float on the model's device."""

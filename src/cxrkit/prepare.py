@@ -21,6 +21,7 @@ from cxrkit.cache import build_cache
 from cxrkit.datasets import get_dataset
 from cxrkit.errors import UserError
 from cxrkit.manifest import HEADER_NAME, Manifest, load_manifest, write_manifest
+from cxrkit.preprocess import Clahe
 from cxrkit.splits import split_fingerprints, stratified_patient_split
 
 
@@ -81,10 +82,12 @@ def prepare(
     overwrite: bool = False,
     progress: bool = True,
     options: dict[str, Any] | None = None,
+    clahe: Clahe | None = None,
 ) -> Manifest:
     """Prepare ``root`` (a raw ``dataset`` folder) into ``out``; returns the loaded manifest.
 
-    ``options`` are the dataset's own options (see its :class:`~cxrkit.datasets.Option` list).
+    ``clahe`` bakes contrast-limited adaptive histogram equalisation into the cache (models
+    trained on it apply the same at inference). ``options`` are the dataset's own options (see its :class:`~cxrkit.datasets.Option` list).
     An interrupted prepare resumes its cache when run again with the same arguments.
     Unreadable images are left out of the manifest and listed in ``failed_images.csv``.
     """
@@ -105,7 +108,8 @@ def prepare(
     table["cache_index"] = np.arange(len(table))
     out.mkdir(parents=True, exist_ok=True)
     built = build_cache(
-        table["path"].tolist(), out / "cache", size=size, workers=workers, progress=progress
+        table["path"].tolist(), out / "cache", size=size, workers=workers, progress=progress,
+        clahe=clahe,
     )
     failed = table.loc[list(built.failures)].assign(reason=list(built.failures.values()))
     failed[["image_id", "path", "reason"]].to_csv(out / "failed_images.csv", index=False)
@@ -148,6 +152,7 @@ def prepare(
             "n": built.n,
             "dtype": "uint8",
             "layout": "letterbox (aspect kept, zero padding)",
+            "clahe": clahe.to_dict() if clahe else None,
         },
         "counts": {
             **parsed.counts,
