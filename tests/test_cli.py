@@ -230,3 +230,11 @@ def test_unknown_dataset_lists_the_choices(capsys: pytest.CaptureFixture) -> Non
         main(["prepare", "nhi", "--root", "x", "--out", "y"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'nhi'" in capsys.readouterr().err
+
+
+def test_bench_loader_prints_the_three_figures(prepared: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    assert main(["bench", "loader", "--data", str(prepared), "--image-size", "48",
+                 "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "decode originals" in out and "cache loader" in out and "loader / decode" in out

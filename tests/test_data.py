@@ -35,6 +35,17 @@ def test_batches_return_cache_images_in_row_order(prepared: Path) -> None:
     np.testing.assert_array_equal(labels.numpy(), m.labels(rows, m.findings))
 
 
+def test_loader_side_augmentation_outputs_the_model_size(prepared: Path) -> None:
+    from cxrkit.config import AugmentConfig
+
+    m = load_manifest(prepared)
+    data = combine([m], None)
+    batches = data.split("train").batches(data.caches, (AugmentConfig(), 40))
+    images, labels = batches[[0, 1, 2, 3]]
+    assert images.shape == (4, 1, 40, 40) and str(images.dtype) == "torch.uint8"
+    assert labels.shape == (4, len(data.findings))
+
+
 def test_loader_yields_every_row_once(prepared: Path) -> None:
     m = load_manifest(prepared)
     data = combine([m], None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,8 @@ from cxrkit import models
 from cxrkit.config import AugmentConfig
 from cxrkit.errors import UserError
 from cxrkit.models import cam_target_layer, create_model, input_normalization
-from cxrkit.transforms import eval_transform, train_transform
+from cxrkit.training import augment_on_device
+from cxrkit.transforms import augment_uint8, eval_transform, train_transform
 
 IDENTITY = AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), rotate_deg=0.0, translate=0.0,
                          brightness=0.0, contrast=0.0, hflip=False)
@@ -32,6 +34,29 @@ def test_identity_augmentation_equals_eval_transform() -> None:
     torch.manual_seed(1)
     got = train_transform(_batch(), 32, 0.4, 0.2, IDENTITY)
     torch.testing.assert_close(got, eval_transform(_batch(), 32, 0.4, 0.2), atol=1e-4, rtol=0)
+
+
+def test_cpu_identity_augmentation_is_exact() -> None:
+    images = _batch()[:, 0].numpy()
+    out = augment_uint8(images, 32, IDENTITY, np.random.default_rng(0))
+    np.testing.assert_array_equal(out, images)
+
+
+def test_cpu_and_device_executors_agree_on_the_same_draw() -> None:
+    smooth = torch.nn.functional.avg_pool2d(_batch(6, 64).float(), 5, 1, 2).to(torch.uint8)
+    cfg = AugmentConfig(scale=(0.6, 1.0), rotate_deg=10.0, translate=0.05, brightness=0.1,
+                        contrast=0.2)
+    cpu = augment_uint8(smooth[:, 0].numpy(), 48, cfg, np.random.default_rng(7)).astype(float)
+    dev = train_transform(smooth, 48, 0.0, 1 / 255, cfg, np.random.default_rng(7))[:, 0].numpy()
+    assert np.abs(cpu - dev).mean() < 1.0, "same crop/rotation/jitter, up to uint8 rounding"
+
+
+def test_augmentation_placement() -> None:
+    assert not augment_on_device(AugmentConfig(), "cpu")
+    assert augment_on_device(AugmentConfig(), "cuda")
+    assert augment_on_device(AugmentConfig(on="device"), "cpu")
+    with pytest.raises(UserError, match="augment.on"):
+        augment_on_device(AugmentConfig(on="gpu"), "cpu")
 
 
 def test_random_augmentation_varies_per_image_and_keeps_shape() -> None:

@@ -147,6 +147,15 @@ def cmd_cam(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_loader(a: argparse.Namespace) -> int:
+    from cxrkit.bench import bench_loader
+
+    result = bench_loader(a.data, image_size=a.image_size, batch_size=a.batch_size,
+                          model=a.model)
+    print("\n".join(result.lines()))
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from cxrkit.demo import run_demo
 
@@ -280,6 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--method", default="gradcam", help="gradcam, gradcam++, hirescam, layercam")
     s.add_argument("--out", required=True, help="output folder")
+
+    s = add("bench", lambda a: 0, "throughput figures on this machine")
+    bench = s.add_subparsers(dest="what", required=True, metavar="WHAT")
+    b = bench.add_parser("loader", help="decode vs cached training input pipeline (images/s)")
+    b.set_defaults(fn=cmd_bench_loader)
+    b.add_argument("--data", required=True, help="prepared folder")
+    b.add_argument("--image-size", type=int, default=224)
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument("--model", default=None,
+                   help="also time a train step of this backbone (e.g. densenet121)")
 
     s = add("demo", cmd_demo, "synth -> prepare -> train -> eval -> infer -> cam, offline on CPU")
     s.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -42,6 +42,7 @@ class AugmentConfig:
     brightness: float = 0.15
     contrast: float = 0.15
     hflip: bool = False  # off: laterality (heart on the left, situs) is anatomy, not noise
+    on: str = "auto"  # loader (OpenCV, uint8, CPU workers) | device (torch, whole batch) | auto
 
 
 @dataclass

@@ -15,9 +15,11 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from cxrkit.cache import open_cache
+from cxrkit.config import AugmentConfig
 from cxrkit.errors import UserError
 from cxrkit.labels import select_findings
 from cxrkit.manifest import Manifest
+from cxrkit.transforms import augment_uint8
 
 
 @dataclass
@@ -34,10 +36,17 @@ class CacheBatches(Dataset):
 
     Rows may come from several caches (several prepared datasets trained together): row ``i``
     is slot ``slots[i]`` of cache ``caches[sources[i]]``. All caches must share one size.
+    With ``augment=(cfg, size)`` the batch is augmented here, on uint8 with OpenCV, and comes
+    out ``(B, 1, size, size)`` (the CPU path, see :mod:`cxrkit.transforms`).
     """
 
     def __init__(
-        self, caches: list[CacheSpec], sources: np.ndarray, slots: np.ndarray, labels: np.ndarray
+        self,
+        caches: list[CacheSpec],
+        sources: np.ndarray,
+        slots: np.ndarray,
+        labels: np.ndarray,
+        augment: tuple[AugmentConfig, int] | None = None,
     ):
         if not (len(sources) == len(slots) == len(labels)):
             raise ValueError(
@@ -55,6 +64,7 @@ class CacheBatches(Dataset):
         self.sources = np.asarray(sources, dtype=np.int64)
         self.slots = np.asarray(slots, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.float32)
+        self.augment = augment
         self._memmaps: list[np.memmap] | None = None
 
     def __len__(self) -> int:
@@ -70,6 +80,11 @@ class CacheBatches(Dataset):
             where = np.flatnonzero(sources == source)
             where = where[np.argsort(slots[where], kind="stable")]  # sequential reads
             images[where, 0] = self._memmaps[source][slots[where]]
+        if self.augment is not None:
+            cfg, size = self.augment
+            # Seeded from torch's RNG, which Lightning seeds per worker: reproducible runs.
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
+            images = augment_uint8(images[:, 0], size, cfg, rng)[:, None]
         return torch.from_numpy(images), torch.from_numpy(self.labels[rows_arr])
 
     def __getstate__(self) -> dict:
@@ -114,8 +129,9 @@ class SplitData:
     slots: np.ndarray  # (n,) cache slot
     labels: np.ndarray  # (n, C) float32, NaN = unknown (incl. findings a dataset lacks)
 
-    def batches(self, caches: list[CacheSpec]) -> CacheBatches:
-        return CacheBatches(caches, self.sources, self.slots, self.labels)
+    def batches(self, caches: list[CacheSpec],
+                augment: tuple[AugmentConfig, int] | None = None) -> CacheBatches:
+        return CacheBatches(caches, self.sources, self.slots, self.labels, augment)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from cxrkit.config import TrainConfig, config_to_dict
 from cxrkit.data import combine, make_loader
 from cxrkit.errors import UserError
 from cxrkit.manifest import load_manifest
-from cxrkit.training import MONITOR, CXRModule, count_labels, new_card
+from cxrkit.training import MONITOR, CXRModule, augment_on_device, count_labels, new_card
 
 
 @dataclass
@@ -134,16 +134,18 @@ def fit(
     card = new_card(config, findings, training_data, caches[0].size)
     card["normalization"]["clahe"] = manifests[0].header["cache"].get("clahe")
     module = CXRModule(config, card, pos, neg)
+    accelerator = "cuda" if uses_cuda(config) else "cpu"
+    on_loader = not augment_on_device(config.augment, accelerator)
     loaders = [
         make_loader(
-            split.batches(caches),
+            split.batches(caches, (config.augment, config.data.image_size) if aug else None),
             batch_size=config.data.batch_size,
             shuffle=shuffle,
             drop_last=shuffle,
             num_workers=config.data.num_workers,
             seed=config.seed,
         )
-        for split, shuffle in ((train, True), (val, False))
+        for split, shuffle, aug in ((train, True, on_loader), (val, False, False))
     ]
     checkpoint = ModelCheckpoint(
         dirpath=out / "checkpoints",
@@ -213,6 +215,12 @@ def fit(
         )
     )
     return result
+
+
+def uses_cuda(config: TrainConfig) -> bool:
+    """Whether Lightning will train on CUDA with this trainer config."""
+    acc = config.trainer.accelerator
+    return acc in ("cuda", "gpu") or (acc == "auto" and torch.cuda.is_available())
 
 
 def _score(value: torch.Tensor | float | None) -> float:

@@ -19,7 +19,8 @@ from torch import nn
 
 from cxrkit import __version__
 from cxrkit.checkpoint import CARD_FORMAT
-from cxrkit.config import TrainConfig, config_to_dict
+from cxrkit.config import AugmentConfig, TrainConfig, config_to_dict
+from cxrkit.errors import UserError
 from cxrkit.losses import create_loss
 from cxrkit.metrics import roc_auc
 from cxrkit.models import create_model, input_normalization
@@ -63,7 +64,8 @@ class CXRModule(L.LightningModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         size = self.config.data.image_size
-        if self.trainer is not None and self.trainer.training:
+        if self.trainer is not None and self.trainer.training and augment_on_device(
+                self.config.augment, images.device):
             x = train_transform(images, size, self.mean, self.std, self.config.augment)
         else:
             x = eval_transform(images, size, self.mean, self.std)
@@ -138,6 +140,16 @@ class CXRModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
         }
+
+
+def augment_on_device(cfg: AugmentConfig, device: torch.device | str) -> bool:
+    """Where training augmentation runs: ``device`` (torch, whole batch) or ``loader``
+    (OpenCV in the loader workers). ``auto``: on the device for CUDA, in the loader on CPU."""
+    if cfg.on not in ("auto", "loader", "device"):
+        raise UserError(f"augment.on must be auto, loader or device, got {cfg.on!r}")
+    if cfg.on == "auto":
+        return torch.device(device).type == "cuda"
+    return cfg.on == "device"
 
 
 def new_card(
