@@ -1,6 +1,13 @@
 """Dataset parsers, one module each, found through a registry (``cxrkit datasets`` lists them)."""
 
-from cxrkit.datasets import nih  # noqa: F401  (registers itself)
+from cxrkit.datasets import (  # noqa: F401  (register themselves)
+    chexpert,
+    folder,
+    mimic,
+    nih,
+    padchest,
+    vindr,
+)
 from cxrkit.datasets.base import (
     BASE_COLUMNS,
     DatasetSpec,
