@@ -100,3 +100,27 @@ def test_bad_input_raises_value_error():
         tune_thresholds([0, 1], [np.nan, 0.9])
     with pytest.raises(ValueError, match=r"or NaN \(unknown\); found \[0\.5\]"):
         tune_thresholds([0, 0.5], [0.1, 0.9])
+
+
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 1.0])
+def test_target_sensitivity_and_specificity_methods(target):
+    rng = np.random.default_rng(3)
+    y = (rng.random((300, 2)) < 0.3).astype(float)
+    s = np.round(y * 0.3 + rng.random((300, 2)), 2)
+    t_sens = tune_thresholds(y, s, method=f"sensitivity:{target}")
+    t_spec = tune_thresholds(y, s, method=f"specificity:{target}")
+    for j in range(2):
+        pos, neg = s[y[:, j] == 1, j], s[y[:, j] == 0, j]
+        candidates = np.unique(s[:, j])
+        sens = np.array([(pos >= c).mean() for c in candidates])
+        spec = np.array([(neg < c).mean() for c in candidates])
+        assert (pos >= t_sens[j]).mean() >= target
+        assert t_sens[j] == candidates[sens >= target].max()  # most specific such point
+        if (spec >= target).any():
+            assert (neg < t_spec[j]).mean() >= target
+            assert t_spec[j] == candidates[spec >= target].min()  # most sensitive such point
+
+
+def test_bad_target_is_a_user_error():
+    with pytest.raises(UserError, match="target must be a number"):
+        tune_thresholds(np.array([[0.0], [1.0]]), np.array([[0.1], [0.9]]), method="sensitivity:2")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-from cxrkit.errors import did_you_mean
+from cxrkit.errors import UserError, did_you_mean
 from cxrkit.metrics import Floats, Ints, one_class_columns, threshold_counts, validate_inputs
 
 #: Threshold used for a class that lacks positives or negatives in the tuning split.
@@ -32,7 +32,39 @@ _OBJECTIVES: dict[str, Callable[[Ints, Ints, int, int], np.ndarray]] = {
     "f1": _f1,
     "youden": _youden,
 }
+#: Methods that maximise an objective. Also accepted: ``sensitivity:<target>`` (the highest
+#: threshold whose sensitivity reaches the target, i.e. the most specific such operating point)
+#: and ``specificity:<target>`` (the lowest threshold whose specificity reaches the target,
+#: i.e. the most sensitive one).
 METHODS = tuple(_OBJECTIVES)
+TARGETS = ("sensitivity", "specificity")
+
+
+def _target_index(method: str, tp: Ints, fp: Ints) -> int:
+    """Index into the descending thresholds for a ``sensitivity:x``/``specificity:x`` method."""
+    kind, _, value = method.partition(":")
+    target = float(value)
+    n_pos, n_neg = int(tp[-1]), int(fp[-1])
+    if kind == "sensitivity":
+        return int(np.argmax(tp >= target * n_pos - 1e-9))  # tp rises: first that reaches it
+    ok = np.flatnonzero(n_neg - fp >= target * n_neg - 1e-9)
+    return int(ok[-1]) if ok.size else 0  # fp rises: last that still reaches it
+
+
+def check_method(method: str) -> None:
+    """Raise a UserError for an unknown method or a target outside (0, 1]."""
+    kind, sep, value = method.partition(":")
+    if sep and kind in TARGETS:
+        try:
+            if 0 < float(value) <= 1:
+                return
+        except ValueError:
+            pass
+        raise UserError(f"threshold method {method!r}: the target must be a number in (0, 1], "
+                        f"e.g. {kind}:0.9")
+    if method not in _OBJECTIVES:
+        raise did_you_mean(method, [*_OBJECTIVES, "sensitivity:0.9", "specificity:0.9"],
+                           what="threshold method")
 
 
 def tune_thresholds(
@@ -60,8 +92,7 @@ def tune_thresholds(
     Raises:
         UserError: unknown ``method``. ValueError: malformed inputs.
     """
-    if method not in _OBJECTIVES:
-        raise did_you_mean(method, METHODS, what="threshold method")
+    check_method(method)
     y, s = validate_inputs(y_true, y_score)
     skipped = one_class_columns(
         y, what="tune_thresholds", classes=classes, outcome=f"threshold {FALLBACK_THRESHOLD}"
@@ -69,6 +100,9 @@ def tune_thresholds(
     out = np.full(y.shape[1], FALLBACK_THRESHOLD)
     for j in np.flatnonzero(~skipped):
         thresholds, tp, fp = threshold_counts(y[:, j], s[:, j])
-        objective = _OBJECTIVES[method](tp, fp, int(tp[-1]), int(fp[-1]))
-        out[j] = thresholds[np.argmax(objective)]  # first maximum = highest threshold
+        if method in _OBJECTIVES:
+            objective = _OBJECTIVES[method](tp, fp, int(tp[-1]), int(fp[-1]))
+            out[j] = thresholds[np.argmax(objective)]  # first maximum = highest threshold
+        else:
+            out[j] = thresholds[_target_index(method, tp, fp)]
     return out

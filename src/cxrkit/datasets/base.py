@@ -66,6 +66,9 @@ class DatasetSpec:
     layout: str
     parse: Callable[..., Parsed]
     options: tuple[Option, ...] = ()
+    #: Labels from the dataset's own metadata file without the images (``eval --labels``):
+    #: a table with ``image_id, patient_id`` (+ metadata) and one column per finding.
+    read_labels: Callable[[Path], pd.DataFrame] | None = None
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}

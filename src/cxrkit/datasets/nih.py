@@ -110,6 +110,39 @@ def _image_folders(root: Path) -> list[Path]:
     return folders
 
 
+def labels_table(meta: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """Metadata rows -> ``image_id, patient_id, study_id, view, sex, age`` + the 14 findings
+    (float32 0/1), and the number of 'No Finding' conflicts. No file-system access."""
+    dummies = meta["Finding Labels"].str.get_dummies(sep="|")
+    dummies.columns = [canonical_name(c, NIH_MAP) for c in dummies.columns]
+    conflicts = 0
+    if NO_FINDING in dummies:
+        others = dummies.drop(columns=NO_FINDING).sum(axis=1) > 0
+        conflicts = int((dummies[NO_FINDING].astype(bool) & others).sum())
+    table = pd.DataFrame(
+        {
+            "image_id": meta["Image Index"],
+            "patient_id": meta["Patient ID"].str.strip().str.lstrip("0").replace("", "0"),
+            "study_id": meta["Image Index"].str.replace(".png", "", regex=False),
+            "view": meta["View Position"].str.strip(),
+            "sex": meta["Patient Gender"].str.strip(),
+            "age": pd.to_numeric(meta["Patient Age"].str.rstrip("Y"), errors="coerce"),
+        }
+    )
+    for finding in NIH_FINDINGS:
+        present_col = dummies[finding].to_numpy(np.float32) if finding in dummies else 0.0
+        table[finding] = np.broadcast_to(np.float32(present_col), len(table)).copy()
+    return table, conflicts
+
+
+def read_labels(csv_path: str | Path) -> pd.DataFrame:
+    """Labels straight from NIH's metadata CSV, images not needed (for ``eval --predictions``)."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise UserError(f"label file {csv_path} does not exist")
+    return labels_table(read_metadata(csv_path))[0]
+
+
 def parse(root: str | Path) -> Parsed:
     """Parse an NIH ChestX-ray14 folder into a :class:`Parsed` table (see module docstring)."""
     root = Path(root)
@@ -124,26 +157,8 @@ def parse(root: str | Path) -> Parsed:
         raise UserError(
             f"none of the {n_missing} images listed in the metadata was found under {root}/images*"
         )
-    dummies = meta["Finding Labels"].str.get_dummies(sep="|")
-    dummies.columns = [canonical_name(c, NIH_MAP) for c in dummies.columns]
-    conflicts = 0
-    if NO_FINDING in dummies:
-        others = dummies.drop(columns=NO_FINDING).sum(axis=1) > 0
-        conflicts = int((dummies[NO_FINDING].astype(bool) & others).sum())
-    table = pd.DataFrame(
-        {
-            "image_id": meta["Image Index"],
-            "path": [str(on_disk[name].resolve()) for name in meta["Image Index"]],
-            "patient_id": meta["Patient ID"].str.strip().str.lstrip("0").replace("", "0"),
-            "study_id": meta["Image Index"].str.replace(".png", "", regex=False),
-            "view": meta["View Position"].str.strip(),
-            "sex": meta["Patient Gender"].str.strip(),
-            "age": pd.to_numeric(meta["Patient Age"].str.rstrip("Y"), errors="coerce"),
-        }
-    )
-    for finding in NIH_FINDINGS:
-        present_col = dummies[finding].to_numpy(np.float32) if finding in dummies else 0.0
-        table[finding] = np.broadcast_to(np.float32(present_col), len(table)).copy()
+    table, conflicts = labels_table(meta)
+    table.insert(1, "path", [str(on_disk[name].resolve()) for name in meta["Image Index"]])
     counts = {
         "listed": int(len(meta) + n_missing),
         "missing_on_disk": n_missing,
@@ -171,5 +186,6 @@ SPEC = register(
         "ROOT/images_0NN/images/*.png,"
         " optional ROOT/train_val_list.txt + ROOT/test_list.txt (official split)",
         parse=parse,
+        read_labels=read_labels,
     )
 )
