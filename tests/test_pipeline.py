@@ -14,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from cxrkit.checkpoint import load_checkpoint, read_checkpoint, update_card
 from cxrkit.errors import UserError
-from cxrkit.evaluation import evaluate_checkpoint
+from cxrkit.eval_runs import EvalOptions, evaluate_checkpoint
 from cxrkit.explain import cam_image, heatmaps, to_original
 from cxrkit.inference import Predictor, write_predictions
 from cxrkit.manifest import load_manifest
@@ -65,30 +65,44 @@ def test_file_prediction_equals_cache_prediction(trained: Path, prepared: Path) 
     assert np.ptp(from_cache, axis=0).max() > 0, "outputs vary across images"
 
 
-def test_eval_matches_sklearn_and_writes_thresholds(trained: Path, prepared: Path,
-                                                    tmp_path: Path) -> None:
+def test_eval_matches_sklearn_and_writes_the_card(
+    trained: Path, prepared: Path, tmp_path: Path
+) -> None:
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes((trained / "checkpoints" / "best.ckpt").read_bytes())
-    result = evaluate_checkpoint(ckpt, prepared, tmp_path / "eval", progress=False)
+    result = evaluate_checkpoint(ckpt, prepared, tmp_path / "eval",
+                                 options=EvalOptions(n_boot=50, by=("sex",)), progress=False)
     m = json.loads(result.metrics_file.read_text())
-    assert set(m) >= {"classes", "per_class", "macro", "micro", "n_images"}
-    preds = pd.read_csv(result.predictions_file)
+    assert set(m) >= {"classes", "per_class", "macro", "micro", "n_images", "subgroups"}
+    for name in ("per_class.csv", "report.html", "predictions_test.csv"):
+        assert (tmp_path / "eval" / name).is_file(), name
+    preds = pd.read_csv(tmp_path / "eval" / "predictions_test.csv")
     assert len(preds) == m["n_images"]
     for name in m["classes"]:
         y, p = preds[f"label_{name}"], preds[f"prob_{name}"]
         entry = m["per_class"][name]
-        assert set(entry) >= {"auroc", "ap", "threshold", "sensitivity", "specificity",
-                              "sens_at_spec_0.8"}
+        assert {"auroc", "ap", "threshold", "sensitivity", "specificity", "sens_at_spec_0.8",
+                "ppv", "npv", "f1", "brier", "ece"} <= set(entry)
         if y.nunique() == 2:
             assert entry["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
+            low, high = entry["auroc_ci"]
+            assert low <= entry["auroc"] <= high
         else:
             assert entry["auroc"] is None
     card = load_checkpoint(ckpt).card
     assert card["thresholds"]["split"] == "val"
     assert [card["thresholds"]["values"][c] for c in m["classes"]] == pytest.approx(
-        [m["per_class"][c]["threshold"] for c in m["classes"]])
-    with pytest.raises(UserError, match="tuned on the val split"):
-        evaluate_checkpoint(ckpt, prepared, tmp_path / "e2", split="val", progress=False)
+        [m["per_class"][c]["threshold"] for c in m["classes"]]
+    )
+    assert card["calibration"]["method"] == "temperature"
+    # Inference now outputs the calibrated probabilities the metrics were computed on.
+    rows = load_manifest(prepared).rows("test")
+    predictor = Predictor.from_checkpoint(ckpt)
+    got = predictor.predict_manifest(load_manifest(prepared), rows)
+    np.testing.assert_allclose(got, preds[[f"prob_{c}" for c in m["classes"]]], atol=1e-6)
+    with pytest.raises(UserError, match="fitted on the val split"):
+        evaluate_checkpoint(ckpt, prepared, tmp_path / "e2",
+                            options=EvalOptions(split="val"), progress=False)
 
 
 def test_infer_streams_rows_and_keeps_going_after_a_bad_file(trained: Path, prepared: Path,

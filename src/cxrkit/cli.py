@@ -107,23 +107,59 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(a: argparse.Namespace) -> int:
-    from cxrkit.evaluation import evaluate_checkpoint, format_table
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.8,0.9; got {text!r}") from None
 
-    r = evaluate_checkpoint(
-        a.checkpoint,
-        a.data,
-        a.out,
-        split=a.split,
-        threshold_method=a.threshold_method,
-        specificity=a.specificity,
-        write_thresholds=not a.no_write_thresholds,
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from cxrkit.eval_runs import EvalOptions, evaluate_checkpoint, evaluate_predictions
+    from cxrkit.evaluation import format_table
+
+    options = EvalOptions(
+        split=a.split, threshold_method=a.threshold_method, calibration=a.calibration,
+        specificities=a.specificities, sensitivities=a.sensitivities, n_boot=a.bootstrap,
+        seed=a.seed, by=tuple(c for c in a.by.split(",") if c) if a.by else (),
+        report=not a.no_report,
     )
-    print(format_table(r.metrics))
-    print(
-        f"{r.metrics['n_images']} {a.split} images; metrics: {r.metrics_file}; "
-        f"predictions: {r.predictions_file}"
-    )
+    if (a.checkpoint is None) == (a.predictions is None):
+        raise UserError("give either --checkpoint (with --data) or --predictions (with --labels)")
+    if a.checkpoint is not None:
+        if a.data is None:
+            raise UserError("--checkpoint needs --data PREP (a prepared folder)")
+        r = evaluate_checkpoint(a.checkpoint, a.data, a.out, options=options,
+                                write_card=not a.no_write_card)
+    else:
+        if a.labels is None:
+            raise UserError("--predictions needs --labels (a prepared folder, or a dataset's "
+                            "label file with --dataset)")
+        r = evaluate_predictions(a.predictions, a.labels, a.out, dataset=a.dataset,
+                                 options=options)
+    m = r.metrics
+    print(format_table(m))
+    missing = m.get("missing") or {}
+    if missing.get("in_predictions_only") or missing.get("in_labels_only"):
+        print(f"not evaluated: {missing['in_predictions_only']} predicted image(s) without "
+              f"labels, {missing['in_labels_only']} labelled image(s) without predictions")
+    print(f"{m['n_images']} images; {r.out / 'metrics.json'}, {r.out / 'per_class.csv'}"
+          + (f", {r.out / 'report.html'}" if options.report else ""))
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from cxrkit.eval_runs import compare
+
+    result = compare(a.a, a.b, a.labels, a.out, dataset=a.dataset, split=a.split or None)
+    print(f"{'Class':<20} {'AUROC A':>8} {'AUROC B':>8} {'diff':>7} {'p (DeLong)':>11}")
+    def num(v: float | None, spec: str) -> str:
+        return format(v, spec) if v is not None else "n/a"
+
+    for name, row in result["per_class"].items():
+        print(f"{name:<20} {num(row['auc_a'], '8.4f'):>8} {num(row['auc_b'], '8.4f'):>8} "
+              f"{num(row['diff'], '7.4f'):>7} {num(row['p_value'], '11.4g'):>11}")
+    print(f"{result['n_images']} images in both files; {Path(a.out) / 'compare.json'}")
     return 0
 
 
@@ -257,23 +293,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
 
-    s = add("eval", cmd_eval, "evaluate a checkpoint; tune thresholds on val, report on a split")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--data", required=True, help="prepared folder")
+    s = add("eval", cmd_eval, "evaluate a checkpoint or any tool's predictions: metrics with "
+            "confidence intervals, operating points, calibration, subgroups, an HTML report")
+    s.add_argument("--checkpoint", help="a cxrkit checkpoint (predicts --data)")
+    s.add_argument("--data", help="prepared folder, with --checkpoint")
+    s.add_argument("--predictions", help="a predictions CSV from any tool: an image column and "
+                   "one probability column per finding")
+    s.add_argument("--labels", help="with --predictions: a prepared folder, or a dataset's own "
+                   "label file with --dataset (e.g. --dataset nih --labels Data_Entry_2017.csv)")
+    s.add_argument("--dataset", help="the dataset whose label file --labels is")
     s.add_argument("--split", default="test", help="split to evaluate (default test)")
-    s.add_argument("--out", required=True, help="folder for metrics.json and predictions")
-    s.add_argument("--threshold-method", default="f1", help="f1 or youden (tuned on val)")
-    s.add_argument(
-        "--specificity",
-        type=float,
-        default=0.8,
-        help="report sensitivity at this specificity (default 0.8)",
-    )
-    s.add_argument(
-        "--no-write-thresholds",
-        action="store_true",
-        help="do not store the tuned thresholds in the checkpoint's model card",
-    )
+    s.add_argument("--out", required=True, help="folder for metrics.json, per_class.csv, "
+                   "report.html")
+    s.add_argument("--threshold-method", default="f1",
+                   help="f1, youden, sensitivity:0.9 or specificity:0.9 (tuned on val only)")
+    s.add_argument("--calibration", default="temperature",
+                   help="none, temperature, platt, isotonic, or auto (best on val); fitted on val")
+    s.add_argument("--specificities", type=_floats, default=(0.8, 0.9, 0.95),
+                   help="report sensitivity at these specificities (default 0.8,0.9,0.95)")
+    s.add_argument("--sensitivities", type=_floats, default=(0.8, 0.9),
+                   help="report specificity at these sensitivities (default 0.8,0.9)")
+    s.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples for 95%% intervals, by patient (0 = none)")
+    s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    s.add_argument("--by", default="", help="subgroup columns, e.g. sex,age_band,view")
+    s.add_argument("--no-report", action="store_true", help="skip report.html")
+    s.add_argument("--no-write-card", action="store_true",
+                   help="do not store thresholds/calibration in the checkpoint's model card")
+
+    s = add("compare", cmd_compare, "two models' predictions on the same images: AUROC of each "
+            "and the paired DeLong test")
+    s.add_argument("a", help="predictions CSV of model A")
+    s.add_argument("b", help="predictions CSV of model B")
+    s.add_argument("--labels", required=True, help="prepared folder or dataset label file")
+    s.add_argument("--dataset", help="the dataset whose label file --labels is")
+    s.add_argument("--split", default="test", help="split of a prepared folder ('' = all)")
+    s.add_argument("--out", required=True, help="folder for compare.json")
 
     s = add("infer", cmd_infer, "predict findings for an image file or a folder of images")
     s.add_argument("--checkpoint", required=True)

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 from cxrkit.config import load_config
 from cxrkit.errors import UserError
-from cxrkit.evaluation import evaluate_checkpoint, format_table
+from cxrkit.eval_runs import EvalOptions, evaluate_checkpoint
+from cxrkit.evaluation import format_table
 from cxrkit.explain import cam_image
 from cxrkit.fit import fit
 from cxrkit.inference import Predictor, write_predictions
@@ -65,19 +66,22 @@ def run_demo(
         "nih", out / "phantom", out / "prepared", size=image_size, workers=workers), timings)
     result = _step("train", lambda: fit(config, out / "prepared", out / "run"), timings)
     evaluated = _step("eval", lambda: evaluate_checkpoint(
-        result.best, out / "prepared", out / "eval", split="test"), timings)
+        result.best, out / "prepared", out / "eval",
+        options=EvalOptions(by=("sex", "age_band", "view"))), timings)
     predictor = Predictor.from_checkpoint(result.best)
     test_paths = [Path(p) for p in manifest.rows("test")["path"]]
     _step("infer", lambda: write_predictions(predictor, test_paths, out / "predictions.csv"),
           timings)
-    overlays = _step("cam", lambda: _cams(predictor, out, evaluated.predictions_file, n_cam),
-                     timings)
+    overlays = _step("cam", lambda: _cams(predictor, out, evaluated.out / "predictions_test.csv",
+                                          n_cam), timings)
     total = time.perf_counter() - t0
     metrics = evaluated.metrics
     print("\nResults on the phantom test split "
-          f"({metrics['n_images']} images, thresholds tuned on val by max F1):\n")
+          f"({metrics['n_images']} images; 95% CI by patient bootstrap; thresholds and "
+          "temperature calibration fitted on val):\n")
     print(format_table(metrics))
-    print(f"\nmetrics:      {evaluated.metrics_file}\npredictions:  {out / 'predictions.csv'}\n"
+    print(f"\nreport:       {evaluated.out / 'report.html'}\n"
+          f"metrics:      {evaluated.metrics_file}\npredictions:  {out / 'predictions.csv'}\n"
           f"checkpoint:   {result.best}\noverlays:     {', '.join(map(str, overlays))}\n"
           f"logs:         {out / 'run' / 'logs' / 'metrics.csv'} "
           f"(tensorboard --logdir {out / 'run' / 'tensorboard'})")

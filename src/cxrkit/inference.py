@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from cxrkit.calibration import Calibrator
 from cxrkit.checkpoint import LoadedModel, load_checkpoint
 from cxrkit.data import CacheBatches, cache_spec, make_loader
 from cxrkit.errors import UserError
@@ -54,6 +55,8 @@ class Predictor:
         self.input_size = int(self.card["input_size"])
         self.letterbox_size = int(norm.get("letterbox_size", self.input_size))
         self.clahe = Clahe.from_dict(norm.get("clahe"))
+        calibration = self.card.get("calibration")
+        self.calibrator = Calibrator.from_dict(calibration) if calibration else None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: object) -> Predictor:
@@ -68,10 +71,14 @@ class Predictor:
         return eval_transform(images.to(self.device), self.input_size, self.mean, self.std)
 
     @torch.inference_mode()
-    def predict_batch(self, images: torch.Tensor) -> np.ndarray:
-        """``(N, 1, L, L)`` uint8 -> ``(N, C)`` float64 probabilities."""
+    def predict_batch(self, images: torch.Tensor, *, calibrated: bool = True) -> np.ndarray:
+        """``(N, 1, L, L)`` uint8 -> ``(N, C)`` float64 probabilities, calibrated when the card
+        holds a calibration (fitted on validation by ``cxrkit eval``) and ``calibrated``."""
         logits = self.model(self.model_input(images))
-        return torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
+        probs = torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64)
+        if calibrated and self.calibrator is not None:
+            probs = self.calibrator.apply(probs)
+        return probs
 
     def calls(self, probs: np.ndarray) -> np.ndarray:
         """``(N, C)`` probabilities -> ``(N, C)`` 0/1 calls at the card's thresholds."""
@@ -100,7 +107,8 @@ class Predictor:
             yield Prediction(path, p)
 
     def predict_manifest(
-        self, manifest: Manifest, rows: pd.DataFrame, *, progress: bool = False
+        self, manifest: Manifest, rows: pd.DataFrame, *, progress: bool = False,
+        calibrated: bool = True,
     ) -> np.ndarray:
         """``(len(rows), C)`` probabilities for manifest rows, read from the image cache."""
         spec = cache_spec(manifest)
@@ -117,7 +125,7 @@ class Predictor:
             shuffle=False,
         )
         out = [
-            self.predict_batch(images)
+            self.predict_batch(images, calibrated=calibrated)
             for images, _ in tqdm(loader, desc="predicting", disable=not progress)
         ]
         return np.concatenate(out) if out else np.zeros((0, len(self.findings)))

@@ -122,14 +122,17 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 
 
 def match(predictions: pd.DataFrame, labels: LabelSource, *, where: str,
-          findings: list[str] | None = None) -> Matched:
-    """Align predictions with labels on the image key; count the images only one side has."""
+          findings: list[str] | None = None, known: set[str] | None = None) -> Matched:
+    """Align predictions with labels on the image key; count the images only one side has.
+
+    ``known``: every labelled key (all splits) when ``labels`` is one split of them, so that a
+    prediction for an image of another split is not counted as unlabelled."""
     wanted = findings or labels.findings
     columns = match_columns([c for c in predictions.columns if c != "key"], wanted, where=where)
     names = [f for f in wanted if f in columns]
     joined = labels.table.merge(predictions[["key", *columns.values()]], on="key", how="inner",
                                 suffixes=("", "__pred"))
-    pred_only = sorted(set(predictions["key"]) - set(labels.table["key"]))
+    pred_only = sorted(set(predictions["key"]) - (known or set(labels.table["key"])))
     label_only = len(labels.table) - len(joined)
     if joined.empty:
         raise UserError(f"no image of {where} is in the labels ({labels.origin}); "
