@@ -154,7 +154,7 @@ def subgroups(
                 row = {"column": column, "group": str(group), "finding": name,
                        "n": int(labelled.sum()), "n_positive": n_pos, "auroc": None,
                        "auroc_ci": None}
-                if labelled.sum() >= min_size and 0 < n_pos < labelled.sum():
+                if labelled.sum() >= min_size and 2 <= n_pos <= labelled.sum() - 2:
                     auc, low, high = delong_ci(y, s)
                     row["auroc"], row["auroc_ci"] = json_float(auc), [json_float(low), json_float(high)]
                 rows.append(row)
