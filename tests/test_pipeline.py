@@ -16,7 +16,8 @@ from cxrkit.checkpoint import load_checkpoint, read_checkpoint, update_card
 from cxrkit.errors import UserError
 from cxrkit.eval_runs import EvalOptions, evaluate_checkpoint
 from cxrkit.explain import cam_image, heatmaps, to_original
-from cxrkit.inference import Predictor, write_predictions
+from cxrkit.infer_run import predict_paths, write_predictions
+from cxrkit.inference import Predictor
 from cxrkit.manifest import load_manifest
 
 
@@ -60,7 +61,7 @@ def test_file_prediction_equals_cache_prediction(trained: Path, prepared: Path) 
     manifest = load_manifest(prepared)
     rows = manifest.rows("test").iloc[:8]
     from_cache = predictor.predict_manifest(manifest, rows)
-    from_files = np.stack([p.probs for p in predictor.predict_files(rows["path"])])
+    from_files = np.stack([p.probs for p in predict_paths(predictor, list(rows["path"]))])
     np.testing.assert_allclose(from_files, from_cache, atol=1e-5)
     assert np.ptp(from_cache, axis=0).max() > 0, "outputs vary across images"
 
@@ -111,9 +112,9 @@ def test_infer_streams_rows_and_keeps_going_after_a_bad_file(trained: Path, prep
     good = [Path(p) for p in load_manifest(prepared).rows("test")["path"].iloc[:5]]
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    ok, failed = write_predictions(predictor, [good[0], bad, *good[1:]], tmp_path / "p.csv",
-                                   progress=False)
-    assert (ok, failed) == (5, 1)
+    summary = write_predictions(predictor, [good[0], bad, *good[1:]], tmp_path / "p.csv",
+                                progress=False)
+    assert (summary.ok, summary.failed) == (5, 1)
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert [r["path"] for r in rows if r["status"] == "ok"] == [str(p) for p in good]
     bad_row = next(r for r in rows if r["path"] == str(bad))

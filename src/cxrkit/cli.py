@@ -18,7 +18,7 @@ from pathlib import Path
 from cxrkit import __version__
 from cxrkit.errors import UserError
 
-EXIT_USER_ERROR, EXIT_PARTIAL = 2, 3
+EXIT_USER_ERROR, EXIT_PARTIAL = 2, 3  # 3: infer wrote every row but some images failed
 RECIPES = Path(__file__).parent / "configs"
 
 
@@ -64,8 +64,8 @@ def cmd_datasets(a: argparse.Namespace) -> int:
 
 
 def cmd_prepare(a: argparse.Namespace) -> int:
-    from cxrkit.preprocess import Clahe
     from cxrkit.prepare import SplitPolicy, prepare
+    from cxrkit.preprocess import Clahe
 
     m = prepare(
         a.dataset,
@@ -164,22 +164,77 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_infer(a: argparse.Namespace) -> int:
-    from cxrkit.inference import Predictor, list_images, write_predictions
+    from cxrkit.infer_run import resolve_sources, write_predictions
+    from cxrkit.inference import Predictor
 
-    predictor = Predictor.from_checkpoint(a.checkpoint, batch_size=a.batch_size)
-    paths = list_images(a.source)
-    ok, failed = write_predictions(predictor, paths, a.out)
-    print(f"{ok} image(s) predicted, {failed} failed; wrote {a.out}")
-    return EXIT_PARTIAL if failed else 0
+    predictor = Predictor.from_checkpoint(a.checkpoint, batch_size=a.batch_size,
+                                          precision=a.precision, tta=a.tta, backend=a.backend)
+    paths = resolve_sources(a.source)
+    tags = tuple(t for t in a.dicom_tags.split(",") if t) if a.dicom_tags else ()
+    s = write_predictions(predictor, paths, a.out, workers=a.workers, resume=a.resume,
+                          overwrite=a.overwrite, dicom_tags=tags)
+    print(f"{s.ok} image(s) predicted, {s.failed} failed"
+          + (f", {s.skipped} already done (resumed)" if s.skipped else "") + f"; wrote {a.out}")
+    return EXIT_PARTIAL if s.failed else 0
 
 
 def cmd_cam(a: argparse.Namespace) -> int:
-    from cxrkit.explain import cam_image
     from cxrkit.inference import Predictor
 
+    methods = [m.strip() for m in a.method.split(",") if m.strip()]
+    if a.evaluate:
+        from cxrkit import localization as loc
+
+        if a.boxes is None or a.images is None:
+            raise UserError("--evaluate needs --boxes BBox_List.csv and --images DIR")
+        boxes = loc.read_boxes(a.boxes)
+        ids = loc.read_image_list(a.split_file) if a.split_file else None
+        predictor = Predictor.from_checkpoint(a.checkpoint)
+        result = loc.evaluate_localization(
+            predictor, boxes, a.images, methods=methods, top_percent=a.top_percent,
+            tolerance=a.tolerance, image_ids=ids,
+        )
+        settings = {"checkpoint": str(a.checkpoint), "boxes": str(a.boxes),
+                    "images": str(a.images), "split_file": a.split_file,
+                    "top_percent": a.top_percent, "tolerance_px": a.tolerance}
+        path = loc.write_localization(result, a.out, settings)
+        print(loc.format_table(result, a.top_percent))
+        print(f"wrote {path} and {path.with_name('per_image.csv')}")
+        return 0
+    from cxrkit.explain import cam_folder
+
+    if a.image is None:
+        raise UserError("give --image FILE|DIR, or --evaluate with --boxes and --images")
+    if len(methods) != 1:
+        raise UserError("overlays take one --method; several are for --evaluate")
     predictor = Predictor.from_checkpoint(a.checkpoint)
-    for r in cam_image(predictor, a.image, a.out, targets=a.target, method=a.method):
-        print(f"{r.finding}: p={r.probability:.3f} -> {r.overlay_path}")
+    done = cam_folder(predictor, a.image, a.out, targets=a.target, method=methods[0])
+    if len(done.written) == 1:
+        for r in next(iter(done.written.values())):
+            print(f"{r.finding}: p={r.probability:.3f} -> {r.overlay_path}")
+    for path, reason in done.failed:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(f"{len(done.written)} image(s) explained, {len(done.failed)} unreadable; wrote {a.out}")
+    return EXIT_PARTIAL if done.failed else 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from cxrkit.checkpoint import read_bundle_card
+    from cxrkit.export import export_bundle
+
+    out = export_bundle(a.checkpoint, a.out, onnx=not a.no_onnx, quantize=a.quantize,
+                        data=a.data, opset=a.opset, overwrite=a.overwrite)
+    card = read_bundle_card(out)
+    files = ", ".join(f"{n} ({f['bytes'] / 1e6:.1f} MB)" for n, f in card["files"].items())
+    print(f"exported {out}: model_card.json, {files}")
+    if "onnx" in card:
+        print(f"ONNX opset {card['onnx']['opset']}: onnxruntime matches PyTorch within "
+              f"{card['onnx']['verified']['max_abs_logit_diff']:.1e} on the logits")
+    val = (card.get("quantization") or {}).get("validation")
+    if val:
+        print(f"int8 validation macro AUROC {val['macro_auroc_int8']:.4f} vs fp32 "
+              f"{val['macro_auroc_fp32']:.4f} (change {val['macro_auroc_change']:+.4f}, "
+              f"{val['n_images']} images)")
     return 0
 
 
@@ -330,20 +385,63 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", help="split of a prepared folder ('' = all)")
     s.add_argument("--out", required=True, help="folder for compare.json")
 
-    s = add("infer", cmd_infer, "predict findings for an image file or a folder of images")
-    s.add_argument("--checkpoint", required=True)
-    s.add_argument("--source", required=True, help="an image file or a folder (recursive)")
+    s = add("infer", cmd_infer, "predict findings for images: a file, folder, glob, .txt list "
+            "or .csv with a path column; one CSV row per image, streamed")
+    s.add_argument("--checkpoint", required=True, help="checkpoint (or exported bundle)")
+    s.add_argument("--source", required=True,
+                   help="image file, folder (recursive), glob, .txt of paths or .csv with a path "
+                   "column; PNG, JPEG and DICOM, mixed")
     s.add_argument("--out", required=True, help="output CSV")
     s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--workers", type=int, default=1,
+                   help="decoding processes running beside the model (default 1; 0 = none)")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 on GPUs and CPUs with native bf16, else fp32")
+    s.add_argument("--tta", action="store_true",
+                   help="average six views (zoom/shifts; never a horizontal flip)")
+    s.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"],
+                   help="onnx / onnx-int8: run the bundle's model.onnx / model.int8.onnx with "
+                   "onnxruntime on CPU (--checkpoint must be a bundle from `cxrkit export`)")
+    s.add_argument("--dicom-tags", default="",
+                   help="DICOM tags to copy into the CSV, e.g. PatientID,StudyDate (none by "
+                   "default: no patient identifiers in the output unless asked)")
+    s.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: skip images already in --out")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
 
-    s = add("cam", cmd_cam, "Grad-CAM overlays of an image for one or more findings")
+    s = add("cam", cmd_cam, "CAM overlays of an image or a folder for one or more findings, "
+            "or (--evaluate) localisation scores against bounding boxes")
     s.add_argument("--checkpoint", required=True)
-    s.add_argument("--image", required=True)
+    s.add_argument("--image", help="an image file or a folder (recursive; overlays keep the "
+                   "sub-folders)")
     s.add_argument(
         "--target", default="positive", help="a finding name, 'positive' (called findings) or 'all'"
     )
-    s.add_argument("--method", default="gradcam", help="gradcam, gradcam++, hirescam, layercam")
+    s.add_argument("--method", default="gradcam", help="gradcam, gradcam++, hirescam, eigencam, "
+                   "scorecam, layercam; with --evaluate a comma list, e.g. gradcam,hirescam")
     s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--evaluate", action="store_true", help="score heatmaps against --boxes: "
+                   "pointing game and IoU of the top-k%% region, per finding")
+    s.add_argument("--boxes", help="with --evaluate: NIH-format BBox_List_2017.csv (.gz too)")
+    s.add_argument("--images", help="with --evaluate: folder holding the boxed images")
+    s.add_argument("--split-file", help="with --evaluate: only these images (names one per "
+                   "line, e.g. NIH's test_list.txt)")
+    s.add_argument("--top-percent", type=float, default=10.0,
+                   help="with --evaluate: the top-k%% heatmap region for IoU (default 10)")
+    s.add_argument("--tolerance", type=float, default=0.0,
+                   help="with --evaluate: pointing-game tolerance in original pixels (default 0)")
+
+    s = add("export", cmd_export, "export a checkpoint to a pickle-free bundle folder: "
+            "model_card.json, model.safetensors and model.onnx (checked against PyTorch)")
+    s.add_argument("--checkpoint", required=True, help="checkpoint (or bundle) to export")
+    s.add_argument("--out", required=True, help="bundle folder")
+    s.add_argument("--no-onnx", action="store_true", help="skip model.onnx")
+    s.add_argument("--quantize", action="store_true",
+                   help="also write model.int8.onnx (onnxruntime dynamic int8, for CPU)")
+    s.add_argument("--data", help="with --quantize: prepared folder whose val split measures "
+                   "the macro AUROC change of int8 (stored in the card)")
+    s.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
+    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
     s = add("bench", lambda a: 0, "throughput figures on this machine")
     bench = s.add_subparsers(dest="what", required=True, metavar="WHAT")

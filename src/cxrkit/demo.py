@@ -22,7 +22,8 @@ from cxrkit.eval_runs import EvalOptions, evaluate_checkpoint
 from cxrkit.evaluation import format_table
 from cxrkit.explain import cam_image
 from cxrkit.fit import fit
-from cxrkit.inference import Predictor, write_predictions
+from cxrkit.infer_run import write_predictions
+from cxrkit.inference import Predictor
 from cxrkit.prepare import prepare
 from cxrkit.synth import generate_dataset
 
@@ -70,7 +71,8 @@ def run_demo(
         options=EvalOptions(by=("sex", "age_band", "view"))), timings)
     predictor = Predictor.from_checkpoint(result.best)
     test_paths = [Path(p) for p in manifest.rows("test")["path"]]
-    _step("infer", lambda: write_predictions(predictor, test_paths, out / "predictions.csv"),
+    _step("infer", lambda: write_predictions(predictor, test_paths, out / "predictions.csv",
+                                             workers=1),
           timings)
     overlays = _step("cam", lambda: _cams(predictor, out, evaluated.out / "predictions_test.csv",
                                           n_cam), timings)

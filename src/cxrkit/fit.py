@@ -32,6 +32,7 @@ from cxrkit.config import TrainConfig, config_to_dict
 from cxrkit.data import combine, make_loader
 from cxrkit.errors import UserError
 from cxrkit.manifest import load_manifest
+from cxrkit.models import cpu_has_native_bf16
 from cxrkit.training import MONITOR, CXRModule, augment_on_device, count_labels, new_card
 
 
@@ -71,8 +72,7 @@ def resolve_precision(requested: str) -> str:
         return requested
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "bf16-mixed" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "32-true"
+    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
 
 def fit(

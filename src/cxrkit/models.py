@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from pathlib import Path
 from collections.abc import Iterator
 
 import timm
@@ -88,6 +89,12 @@ def create_model(
             f"`python -c \"import timm; timm.create_model('{backbone}', pretrained=True)\"` "
             "to fill the Hugging Face cache (~/.cache/huggingface) and copy it here"
         ) from None
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with native bf16 math (AVX512-BF16 or AMX), where bf16 autocast is fast."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def input_normalization(model: nn.Module) -> tuple[float, float]:

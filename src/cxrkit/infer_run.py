@@ -1,0 +1,188 @@
+"""``cxrkit infer``: many images -> one CSV row each, streamed, resumable, nothing lost.
+
+Sources: an image file, a folder (recursive), a glob pattern, a ``.txt`` file of paths, or a
+``.csv`` with a path column. Images are decoded and letterboxed in worker processes while the
+model runs on the previous batch. An unreadable file gets a row with its error and the run
+goes on. Rows are flushed batch by batch, so an interrupted run keeps what it wrote and
+``--resume`` continues without redoing or duplicating rows.
+
+CSV columns: ``path, image_id, status`` (``ok`` or ``error: <reason>``), [requested DICOM tags],
+``prob_<finding>`` (calibrated when the model card has a calibration), ``call_<finding>``
+(0/1 at the card's thresholds), ``findings`` (the positive ones, ``|``-separated).
+No patient identifier is written unless asked for with ``dicom_tags``.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cxrkit.errors import UserError
+from cxrkit.inference import Predictor
+from cxrkit.io import ImageReadError, read_xray
+from cxrkit.preprocess import Clahe, prepare_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+PATH_COLUMNS = ("path", "Path", "image", "filename", "file", "Image Index")
+
+
+def resolve_sources(source: str | Path) -> list[Path]:
+    """Expand ``source`` into image paths (see module docstring), in a stable order."""
+    text = str(source)
+    path = Path(source)
+    if any(ch in text for ch in "*?[") and not path.exists():
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        if not files:
+            raise UserError(f"--source pattern {text!r} matches no file")
+        return files
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*")
+                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {path}")
+        return files
+    if not path.is_file():
+        raise UserError(f"--source {path} does not exist")
+    if path.suffix.lower() == ".txt":
+        lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+        return [_relative_to(Path(ln), path.parent) for ln in lines]
+    if path.suffix.lower() == ".csv":
+        table = pd.read_csv(path, dtype=str)
+        column = next((c for c in PATH_COLUMNS if c in table.columns), None)
+        if column is None:
+            raise UserError(f"{path} has no path column; expected one of {', '.join(PATH_COLUMNS)}")
+        return [_relative_to(Path(p), path.parent) for p in table[column].dropna()]
+    return [path]
+
+
+def _relative_to(p: Path, base: Path) -> Path:
+    return p if p.is_absolute() else base / p
+
+
+@dataclass
+class Item:
+    """One decoded image (or its error) and the DICOM tags asked for."""
+
+    index: int
+    pixels: np.ndarray | None
+    error: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class _Decode(Dataset):
+    """Reads and letterboxes image ``i`` (in a worker process when the loader has workers)."""
+
+    def __init__(self, paths: Sequence[Path], size: int, clahe: Clahe | None,
+                 tags: Sequence[str]):
+        self.paths, self.size, self.clahe, self.tags = list(paths), size, clahe, tuple(tags)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Item:
+        try:
+            xray = read_xray(self.paths[i])
+        except ImageReadError as err:
+            return Item(i, None, err.reason)
+        tags = _dicom_tags(self.paths[i], self.tags) if self.tags and xray.format == "DICOM" else {}
+        return Item(i, prepare_image(xray.pixels, self.size, self.clahe)[None], None, tags)
+
+
+def _dicom_tags(path: Path, names: Sequence[str]) -> dict[str, str]:
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=list(names))
+    return {name: str(ds.get(name, "")) for name in names}
+
+
+@dataclass
+class Prediction:
+    """One file's result: probabilities ``(C,)`` or the error that prevented them."""
+
+    path: str
+    probs: np.ndarray | None
+    error: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def predict_paths(predictor: Predictor, paths: Sequence[Path], *, workers: int = 0,
+                  dicom_tags: Sequence[str] = (), progress: bool = False) -> Iterator[Prediction]:
+    """Predictions for ``paths`` in order, decoding in ``workers`` processes (0 = here)."""
+    dataset = _Decode(paths, predictor.letterbox_size, predictor.clahe, dicom_tags)
+    loader = DataLoader(dataset, batch_size=predictor.batch_size, num_workers=workers,
+                        collate_fn=list, prefetch_factor=4 if workers else None,
+                        multiprocessing_context="spawn" if workers else None)
+    bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress)
+    with bar:
+        for items in loader:
+            good = [it for it in items if it.pixels is not None]
+            probs = (predictor.predict_batch(torch.from_numpy(np.stack([it.pixels for it in good])))
+                     if good else np.zeros((0, len(predictor.findings))))
+            by_index = {it.index: p for it, p in zip(good, probs, strict=True)}
+            for it in items:
+                yield Prediction(str(paths[it.index]), by_index.get(it.index), it.error, it.tags)
+            bar.update(len(items))
+
+
+@dataclass
+class InferSummary:
+    ok: int
+    failed: int
+    skipped: int  # already in the CSV (resume)
+
+
+def write_predictions(
+    predictor: Predictor, paths: Sequence[Path], out_csv: str | Path, *, workers: int = 0,
+    resume: bool = False, overwrite: bool = False, dicom_tags: Sequence[str] = (),
+    progress: bool = True,
+) -> InferSummary:
+    """Stream one CSV row per image to ``out_csv`` (columns in the module docstring)."""
+    out_csv = Path(out_csv)
+    names = predictor.findings
+    header = ["path", "image_id", "status", *dicom_tags, *(f"prob_{f}" for f in names),
+              *(f"call_{f}" for f in names), "findings"]
+    done: set[str] = set()
+    if out_csv.exists() and resume:
+        existing = pd.read_csv(out_csv, dtype=str, usecols=lambda c: c in ("path",))
+        done = set(existing["path"]) if "path" in existing else set()
+        with out_csv.open() as fh:
+            if next(csv.reader(fh), []) != header:
+                raise UserError(f"{out_csv} was written with other columns (another model or "
+                                "--dicom-tags); resume into the same settings or a new file")
+    elif out_csv.exists() and not overwrite:
+        raise UserError(f"{out_csv} exists; pass --resume to continue it or --overwrite")
+    todo = [p for p in paths if str(p) not in done]
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    n_ok = n_failed = 0
+    with out_csv.open("a" if done or (resume and out_csv.exists()) else "w", newline="") as fh:
+        writer = csv.writer(fh)
+        if fh.tell() == 0:
+            writer.writerow(header)
+        for k, pred in enumerate(predict_paths(predictor, todo, workers=workers,
+                                               dicom_tags=dicom_tags, progress=progress)):
+            tags = [pred.tags.get(t, "") for t in dicom_tags]
+            image_id = os.path.basename(pred.path)
+            if pred.probs is None:
+                n_failed += 1
+                writer.writerow([pred.path, image_id, f"error: {pred.error}", *tags,
+                                 *[""] * (2 * len(names) + 1)])
+            else:
+                n_ok += 1
+                calls = predictor.calls(pred.probs[None])[0]
+                positive = "|".join(f for f, c in zip(names, calls, strict=True) if c)
+                writer.writerow([pred.path, image_id, "ok", *tags,
+                                 *(f"{p:.6f}" for p in pred.probs), *(int(c) for c in calls),
+                                 positive])
+            if k % predictor.batch_size == predictor.batch_size - 1:
+                fh.flush()
+    return InferSummary(ok=n_ok, failed=n_failed, skipped=len(paths) - len(todo))
