@@ -14,118 +14,38 @@ from conftest import TINY_OVERRIDES
 from cxrkit.cli import main
 
 
+def _cli(command: str, *extra: str) -> int:
+    """Run ``cxrkit <command>`` (split on spaces) plus ``extra`` arguments in-process."""
+    return main([*command.split(), *extra])
+
+
 def test_full_flow_from_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    ph, prep, run = tmp_path / "ph", tmp_path / "prep", tmp_path / "run"
-    assert (
-        main(["synth", "--out", str(ph), "--n-patients", "40", "--size", "64", "--workers", "1"])
-        == 0
-    )
+    ph, prep, run, ev = (str(tmp_path / n) for n in ("ph", "prep", "run", "eval"))
+    assert _cli(f"synth --out {ph} --n-patients 40 --size 64 --workers 1") == 0
     assert "wrote" in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "prepare",
-                "nih",
-                "--root",
-                str(ph),
-                "--out",
-                str(prep),
-                "--size",
-                "64",
-                "--workers",
-                "2",
-            ]
-        )
-        == 0
-    )
+    assert _cli(f"prepare nih --root {ph} --out {prep} --size 64 --workers 2") == 0
     assert "prepared" in capsys.readouterr().out
-    assert (
-        main(
-            [
-                "train",
-                "--config",
-                "demo",
-                "--data",
-                str(prep),
-                "--out",
-                str(run),
-                "--set",
-                *TINY_OVERRIDES,
-                "data.findings=null",
-            ]
-        )
-        == 0
-    )
-    ckpt = run / "checkpoints" / "best.ckpt"
+    train = f"train --config demo --data {prep} --out {run} --set"
+    assert _cli(train, *TINY_OVERRIDES, "data.findings=null") == 0
+    ckpt = Path(run) / "checkpoints" / "best.ckpt"
     assert ckpt.is_file()
-    assert (
-        main(
-            [
-                "eval",
-                "--checkpoint",
-                str(ckpt),
-                "--data",
-                str(prep),
-                "--out",
-                str(tmp_path / "eval"),
-            ]
-        )
-        == 0
-    )
+    assert _cli(f"eval --checkpoint {ckpt} --data {prep} --out {ev} --bootstrap 50") == 0
     out = capsys.readouterr().out
     assert "macro" in out and "Sen@Spec(0.8)" in out
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["n_images"] == len(pd.read_csv(prep / "manifest.csv").query("split == 'test'"))
-    assert (
-        main(
-            [
-                "infer",
-                "--checkpoint",
-                str(ckpt),
-                "--source",
-                str(ph / "images"),
-                "--out",
-                str(tmp_path / "preds.csv"),
-            ]
-        )
-        == 0
+    metrics = json.loads((Path(ev) / "metrics.json").read_text())
+    assert metrics["n_images"] == len(
+        pd.read_csv(Path(prep) / "manifest.csv").query("split == 'test'")
     )
-    preds = pd.read_csv(tmp_path / "preds.csv")
-    assert len(preds) == len(list((ph / "images").glob("*.png")))
+    preds_csv = tmp_path / "preds.csv"
+    assert _cli(f"infer --checkpoint {ckpt} --source {ph}/images --out {preds_csv}") == 0
+    preds = pd.read_csv(preds_csv)
+    assert len(preds) == len(list((Path(ph) / "images").glob("*.png")))
     assert (preds["status"] == "ok").all()
-    image = sorted((ph / "images").glob("*.png"))[0]
-    assert (
-        main(
-            [
-                "cam",
-                "--checkpoint",
-                str(ckpt),
-                "--image",
-                str(image),
-                "--out",
-                str(tmp_path / "cam"),
-            ]
-        )
-        == 0
-    )
+    image = sorted((Path(ph) / "images").glob("*.png"))[0]
+    assert _cli(f"cam --checkpoint {ckpt} --image {image} --out {tmp_path / 'cam'}") == 0
     assert list((tmp_path / "cam").glob("*.png"))
     # A run folder is never overwritten silently.
-    assert (
-        main(
-            [
-                "train",
-                "--config",
-                "demo",
-                "--data",
-                str(prep),
-                "--out",
-                str(run),
-                "--set",
-                *TINY_OVERRIDES,
-            ]
-        )
-        == 2
-    )
+    assert _cli(train, *TINY_OVERRIDES) == 2
     assert "--overwrite" in capsys.readouterr().err
 
 
@@ -232,9 +152,14 @@ def test_unknown_dataset_lists_the_choices(capsys: pytest.CaptureFixture) -> Non
     assert "invalid choice: 'nhi'" in capsys.readouterr().err
 
 
-def test_bench_loader_prints_the_three_figures(prepared: Path,
-                                               capsys: pytest.CaptureFixture) -> None:
-    assert main(["bench", "loader", "--data", str(prepared), "--image-size", "48",
-                 "--batch-size", "8"]) == 0
+def test_bench_loader_prints_the_three_figures(
+    prepared: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert (
+        main(
+            ["bench", "loader", "--data", str(prepared), "--image-size", "48", "--batch-size", "8"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "decode originals" in out and "cache loader" in out and "loader / decode" in out

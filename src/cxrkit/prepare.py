@@ -18,7 +18,7 @@ import pandas as pd
 
 from cxrkit import __version__
 from cxrkit.cache import build_cache
-from cxrkit.datasets import get_dataset
+from cxrkit.datasets import BASE_COLUMNS, get_dataset
 from cxrkit.errors import UserError
 from cxrkit.manifest import HEADER_NAME, Manifest, load_manifest, write_manifest
 from cxrkit.preprocess import Clahe
@@ -56,17 +56,24 @@ def assign_splits(
     trainval = official == "trainval"
     if trainval.any():
         split[trainval] = stratified_patient_split(
-            table.loc[trainval, "patient_id"], labels[trainval],
-            {"train": 1 - val, "val": val}, seed=policy.seed)
+            table.loc[trainval, "patient_id"],
+            labels[trainval],
+            {"train": 1 - val, "val": val},
+            seed=policy.seed,
+        )
         parts.append(f"official train+val divided by patient ({val:g} val)")
     if (split != "").any() and not trainval.all():
-        parts.insert(0, "official " + "/".join(sorted(set(official[np.isin(
-            official, ["train", "val", "test"])]))))
+        parts.insert(
+            0,
+            "official "
+            + "/".join(sorted(set(official[np.isin(official, ["train", "val", "test"])]))),
+        )
     free = official == ""
     if free.any():
         fractions = {"train": 1 - val - test_f, "val": val, "test": test_f}
         split[free] = stratified_patient_split(
-            table.loc[free, "patient_id"], labels[free], fractions, seed=policy.seed)
+            table.loc[free, "patient_id"], labels[free], fractions, seed=policy.seed
+        )
         parts.append(f"patient-wise, stratified over findings: {fractions}")
     return split, "; ".join(parts)
 
@@ -108,7 +115,11 @@ def prepare(
     table["cache_index"] = np.arange(len(table))
     out.mkdir(parents=True, exist_ok=True)
     built = build_cache(
-        table["path"].tolist(), out / "cache", size=size, workers=workers, progress=progress,
+        table["path"].tolist(),
+        out / "cache",
+        size=size,
+        workers=workers,
+        progress=progress,
         clahe=clahe,
     )
     failed = table.loc[list(built.failures)].assign(reason=list(built.failures.values()))
@@ -116,18 +127,7 @@ def prepare(
     table = table.drop(index=list(built.failures)).drop(columns="official_split", errors="ignore")
     if table.empty:
         raise UserError(f"no image under {root} could be read; see {out / 'failed_images.csv'}")
-    columns = [
-        "image_id",
-        "path",
-        "patient_id",
-        "study_id",
-        "view",
-        "sex",
-        "age",
-        "split",
-        "cache_index",
-        *parsed.findings,
-    ]
+    columns = [*BASE_COLUMNS, "split", "cache_index", *parsed.findings]
     table = table[columns]
     header: dict[str, Any] = {
         "dataset": spec.name,
