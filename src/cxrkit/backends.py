@@ -1,0 +1,79 @@
+"""Inference backends: what turns a normalised float batch into logits for a Predictor.
+
+A backend is any callable ``(N, 1, S, S)`` normalised float tensor -> ``(N, C)`` logits:
+
+* ``torch`` (default): the PyTorch module itself, on the predictor's device.
+* ``onnx``: the bundle's ``model.onnx`` under onnxruntime's CPU provider.
+* ``onnx-int8``: the bundle's dynamically quantised ``model.int8.onnx`` (``export --quantize``).
+
+The ONNX backends need a bundle folder (``cxrkit export``) whose card lists the file, so the
+file was checked against its sha256 when the bundle was loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrkit.checkpoint import LoadedModel
+from cxrkit.errors import UserError, did_you_mean
+
+Backend = Callable[[torch.Tensor], torch.Tensor]
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+ONNX_FILES = {"onnx": ONNX_FILE, "onnx-int8": INT8_FILE}
+BACKENDS = ("torch", *ONNX_FILES)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class OnnxBackend:
+    """An onnxruntime CPU session over an exported ``model.onnx`` (input ``input``, output
+    ``logits``); takes and returns torch tensors like the module it replaces."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or usable_cores()
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """``(N, 1, S, S)`` float32 array -> ``(N, C)`` float32 logits."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.run(x.detach().float().cpu().numpy()))
+
+
+def create_backend(name: str, loaded: LoadedModel, model: nn.Module) -> Backend:
+    """``model`` for ``torch``; an :class:`OnnxBackend` over the bundle's file otherwise."""
+    if name == "torch":
+        return model
+    if name not in ONNX_FILES:
+        raise did_you_mean(name, BACKENDS, what="backend")
+    file = ONNX_FILES[name]
+    source = loaded.source
+    if source is None or not source.is_dir():
+        raise UserError(
+            f"backend {name!r} runs {file} of a bundle folder, but {source} is a checkpoint; "
+            "make a bundle with `cxrkit export --checkpoint CKPT --out BUNDLE`"
+        )
+    if file not in (loaded.card.get("files") or {}):
+        hint = "--quantize" if name == "onnx-int8" else "ONNX (without --no-onnx)"
+        raise UserError(f"bundle {source} has no {file}; export again with {hint}")
+    return OnnxBackend(source / file)

@@ -1,0 +1,136 @@
+"""`export`: bundle files and card, pickle-free loading, ONNX parity, the ONNX backend."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxrkit.backends import OnnxBackend
+from cxrkit.checkpoint import file_sha256, load_model
+from cxrkit.cli import main
+from cxrkit.errors import UserError
+from cxrkit.export import export_bundle
+from cxrkit.inference import Predictor
+from cxrkit.manifest import load_manifest
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained: Path) -> Path:
+    return trained / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="module")
+def bundle(ckpt: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One full export (ONNX, int8, AUROC change on val) shared by the tests below."""
+    out = tmp_path_factory.mktemp("export") / "bundle"
+    return export_bundle(ckpt, out, quantize=True, data=prepared)
+
+
+def _strict_json(text: str) -> dict:
+    def reject(name: str) -> None:
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=reject)
+
+
+def test_bundle_files_and_card(bundle: Path, ckpt: Path) -> None:
+    names = {p.name for p in bundle.iterdir()}
+    assert names == {"model_card.json", "model.safetensors", "model.onnx", "model.int8.onnx"}
+    card = _strict_json((bundle / "model_card.json").read_text())
+    assert card["format"] == "cxrkit-bundle/1"
+    keys = "findings backbone input_size normalization thresholds calibration val_metrics"
+    assert set(f"{keys} training_data cxrkit_version onnx files".split()) <= set(card)
+    assert {"letterbox_size", "clahe", "mean", "std"} <= set(card["normalization"])
+    for name, entry in card["files"].items():
+        assert entry["sha256"] == file_sha256(bundle / name)
+    assert card["onnx"]["verified"]["max_abs_logit_diff"] <= 1e-4
+    assert (bundle / "model.safetensors").read_bytes()[8:9] == b"{"  # safetensors header
+    assert card["findings"] == load_model(ckpt).findings
+
+
+def test_bundle_loads_like_the_checkpoint(bundle: Path, ckpt: Path) -> None:
+    a, b = load_model(ckpt), load_model(bundle)
+    assert b.source == bundle and not b.model.training
+    x = torch.randn(4, 1, a.card["input_size"], a.card["input_size"])
+    with torch.inference_mode():
+        torch.testing.assert_close(a.model(x), b.model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_onnx_logits_match_pytorch_for_any_batch(bundle: Path, n: int) -> None:
+    loaded = load_model(bundle)
+    size = loaded.card["input_size"]
+    x = torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(n))
+    with torch.inference_mode():
+        expected = loaded.model(x).numpy()
+    got = OnnxBackend(bundle / "model.onnx").run(x.numpy())
+    assert got.shape == (n, len(loaded.findings))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
+def test_onnx_backend_predicts_like_torch(bundle: Path, prepared: Path) -> None:
+    manifest = load_manifest(prepared)
+    rows = manifest.rows("test").iloc[:6]
+    torch_probs = Predictor.from_checkpoint(bundle, precision="fp32").predict_manifest(
+        manifest, rows
+    )
+    onnx_probs = Predictor.from_checkpoint(bundle, backend="onnx").predict_manifest(manifest, rows)
+    np.testing.assert_allclose(onnx_probs, torch_probs, rtol=0, atol=1e-4)
+    assert np.ptp(onnx_probs, axis=0).max() > 0
+
+
+def test_quantized_export_reports_the_auroc_change(bundle: Path, prepared: Path) -> None:
+    q = json.loads((bundle / "model_card.json").read_text())["quantization"]
+    assert q["file"] == "model.int8.onnx" and q["bytes"]["int8"] < q["bytes"]["fp32"]
+    val = q["validation"]
+    assert val["split"] == "val" and val["n_images"] > 0
+    assert val["macro_auroc_change"] == pytest.approx(
+        val["macro_auroc_int8"] - val["macro_auroc_fp32"]
+    )
+    manifest = load_manifest(prepared)
+    rows = manifest.rows("test").iloc[:4]
+    probs = Predictor.from_checkpoint(bundle, backend="onnx-int8").predict_manifest(manifest, rows)
+    assert probs.shape == (4, len(load_model(bundle).findings))
+
+
+def test_bad_bundles_are_clear_errors(bundle: Path, ckpt: Path, tmp_path: Path) -> None:
+    tampered = tmp_path / "tampered"
+    shutil.copytree(bundle, tampered)
+    weights = bytearray((tampered / "model.safetensors").read_bytes())
+    weights[-1] ^= 0xFF
+    (tampered / "model.safetensors").write_bytes(bytes(weights))
+    with pytest.raises(UserError, match="sha256 does not match"):
+        load_model(tampered)
+    no_card = tmp_path / "no_card"
+    no_card.mkdir()
+    (no_card / "model.safetensors").write_bytes((bundle / "model.safetensors").read_bytes())
+    with pytest.raises(UserError, match="not a cxrkit bundle"):
+        load_model(no_card)
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(tmp_path / "missing")
+    with pytest.raises(UserError, match="is a checkpoint"):
+        Predictor.from_checkpoint(ckpt, backend="onnx")
+    with pytest.raises(UserError, match="unknown backend"):
+        Predictor.from_checkpoint(bundle, backend="tensorrt")
+
+
+def test_export_options_and_cli(bundle: Path, ckpt: Path, prepared: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plain"
+    assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--no-onnx"]) == 0
+    assert {p.name for p in out.iterdir()} == {"model_card.json", "model.safetensors"}
+    with pytest.raises(UserError, match="has no model.onnx"):
+        Predictor.from_checkpoint(out, backend="onnx")
+    with pytest.raises(UserError, match="not empty"):
+        export_bundle(ckpt, out, onnx=False)
+    export_bundle(ckpt, out, onnx=False, overwrite=True)
+    with pytest.raises(UserError, match="drop --no-onnx"):
+        export_bundle(ckpt, tmp_path / "q", onnx=False, quantize=True)
+    image = load_manifest(prepared).rows("test")["path"].iloc[0]
+    csv = tmp_path / "pred.csv"
+    argv = f"infer --checkpoint {bundle} --source {image} --out {csv} --backend onnx --workers 0"
+    assert main(argv.split()) == 0 and csv.is_file()
