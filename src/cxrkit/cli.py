@@ -247,6 +247,16 @@ def cmd_bench_loader(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_infer(a: argparse.Namespace) -> int:
+    from cxrkit.bench_infer import bench_infer
+
+    result = bench_infer(a.images, checkpoint=a.checkpoint, backbone=a.backbone,
+                         input_size=a.input_size, batch_size=a.batch_size, workers=a.workers,
+                         precision=a.precision)
+    print("\n".join(result.lines()))
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from cxrkit.demo import run_demo
 
@@ -452,6 +462,16 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=int, default=32)
     b.add_argument("--model", default=None,
                    help="also time a train step of this backbone (e.g. densenet121)")
+
+    b = bench.add_parser("infer", help="model-only and end-to-end inference images/s")
+    b.set_defaults(fn=cmd_bench_infer)
+    b.add_argument("--images", required=True, help="folder (or glob/list) of real images")
+    b.add_argument("--checkpoint", help="time this model (default: an untrained --backbone)")
+    b.add_argument("--backbone", default="densenet121")
+    b.add_argument("--input-size", type=int, default=224)
+    b.add_argument("--batch-size", type=int, default=16)
+    b.add_argument("--workers", type=int, default=1, help="decoding processes")
+    b.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
 
     s = add("demo", cmd_demo, "synth -> prepare -> train -> eval -> infer -> cam, offline on CPU")
     s.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -106,6 +106,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     """Predict the val and ``options.split`` rows of a prepared folder and evaluate."""
     options = options or EvalOptions()
     _check(options)
+    if write_card and Path(checkpoint).is_dir():
+        raise UserError(f"{checkpoint} is an exported bundle, whose card is fixed at export; pass "
+                        "--no-write-card, or evaluate the checkpoint and export it again")
     predictor = Predictor.from_checkpoint(checkpoint)
     manifest = load_manifest(data)
     classes = predictor.findings
