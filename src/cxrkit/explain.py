@@ -1,33 +1,109 @@
-"""Grad-CAM heatmaps (pytorch-grad-cam) per finding, as overlays on the original image.
+"""CAM heatmaps (pytorch-grad-cam) per finding, as overlays on the original image.
 
-The CAM target is the finding's **logit** (``ClassifierOutputTarget``), not the sigmoid,
-and the target layer comes from :func:`cxrkit.models.cam_target_layer`. The heatmap is
-computed on the model input, then mapped back through the letterbox to the original image's
-pixels, so the overlay lines up with the image at its own resolution.
+Methods by name (case-insensitive): GradCAM, GradCAM++, HiResCAM, EigenCAM, ScoreCAM, LayerCAM.
+The CAM target is the finding's **logit** (``ClassifierOutputTarget``), not the sigmoid.
+EigenCAM ignores the target (first principal component of the activations), so it draws the
+same map for every finding. The target layer comes from :func:`cxrkit.models.cam_target_layer`,
+except for Vision Transformers (any model with ``patch_embed``, ``blocks`` and
+``num_prefix_tokens``, e.g. timm's ``vit_*`` and ``deit_*``): the input of the last block's
+attention, ``blocks[-1].norm1``, with its tokens ``(B, N, C)`` reshaped to ``(B, C, H, W)``.
+
+The heatmap is computed on the model input, then mapped back through the letterbox to the
+original image's pixels, so the overlay lines up with the image at its own resolution. Hooks
+are removed when each computation ends, whether it succeeds or fails.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
-from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM
+from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, HiResCAM, LayerCAM, ScoreCAM
+from pytorch_grad_cam.base_cam import BaseCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from torch import nn
+from tqdm import tqdm
 
-from cxrkit.errors import did_you_mean
+from cxrkit.errors import UserError, did_you_mean
+from cxrkit.infer_run import resolve_sources
 from cxrkit.inference import Predictor
-from cxrkit.io import letterbox_geometry, read_xray
+from cxrkit.io import ImageReadError, letterbox_geometry, read_xray
 from cxrkit.models import cam_target_layer
 
-METHODS = {
+METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM,
     "gradcam++": GradCAMPlusPlus,
     "hirescam": HiResCAM,
+    "eigencam": EigenCAM,
+    "scorecam": ScoreCAM,
     "layercam": LayerCAM,
 }
+
+#: ScoreCAM masks the input with each of the target layer's C channels: C forward passes,
+#: this many at a time (the library's default is 16).
+SCORECAM_BATCH = 64
+
+Reshape = Callable[[torch.Tensor], torch.Tensor]
+
+
+def resolve_method(name: str) -> str:
+    """The :data:`METHODS` key of ``name`` (case, ``-``, ``_`` and spaces ignored)."""
+    key = name.lower().replace("-", "").replace("_", "").replace(" ", "")
+    if key not in METHODS:
+        raise did_you_mean(name, METHODS, what="CAM method")
+    return key
+
+
+def vit_reshape(num_prefix_tokens: int, grid: tuple[int, int]) -> Reshape:
+    """A ``reshape_transform``: tokens ``(B, P + N, C)`` -> ``(B, C, H, W)``.
+
+    The ``P`` class/distillation/register tokens are dropped; the ``N`` patch tokens are laid
+    out on ``grid`` ``(H, W)`` when ``H * W == N``, else on a square ``sqrt(N)`` grid.
+    """
+
+    def reshape(tokens: torch.Tensor) -> torch.Tensor:
+        patches = tokens[:, num_prefix_tokens:, :]
+        n = patches.shape[1]
+        h, w = grid if grid[0] * grid[1] == n else (math.isqrt(n), math.isqrt(n))
+        if h * w != n:
+            raise UserError(f"cannot lay {n} ViT patch tokens out on a grid for CAM")
+        return patches.reshape(patches.shape[0], h, w, patches.shape[2]).permute(0, 3, 1, 2)
+
+    return reshape
+
+
+def target_layer(model: nn.Module, backbone: str) -> tuple[nn.Module, Reshape | None]:
+    """The layer to hook and the ``reshape_transform`` it needs (None for CNNs)."""
+    if all(hasattr(model, a) for a in ("patch_embed", "blocks", "num_prefix_tokens")):
+        grid = tuple(getattr(model.patch_embed, "grid_size", (0, 0)))
+        layer = model.blocks[-1].norm1  # type: ignore[index]
+        return layer, vit_reshape(int(model.num_prefix_tokens), grid)  # type: ignore[arg-type]
+    return cam_target_layer(model, backbone), None
+
+
+@contextmanager
+def open_cam(model: nn.Module, backbone: str, method: str) -> Iterator[BaseCAM]:
+    """A CAM object of ``method`` on ``model``, its hooks removed on exit.
+
+    Not ``with cam:``: pytorch-grad-cam's ``__exit__`` swallows an ``IndexError`` (it prints
+    it), which would silently drop results; here every exception propagates.
+    """
+    layer, reshape = target_layer(model, backbone)
+    cam = METHODS[resolve_method(method)](
+        model=model, target_layers=[layer], reshape_transform=reshape
+    )
+    if isinstance(cam, ScoreCAM):
+        cam.batch_size = SCORECAM_BATCH
+    try:
+        yield cam
+    finally:
+        cam.activations_and_grads.release()
 
 
 @dataclass
@@ -41,13 +117,16 @@ class CamResult:
 
 
 def heatmaps(
-    predictor: Predictor, pixels: np.ndarray, targets: str, *, method: str = "gradcam"
+    predictor: Predictor,
+    pixels: np.ndarray,
+    targets: str | Sequence[str],
+    *,
+    method: str = "gradcam",
 ) -> list[CamResult]:
-    """Grad-CAM of ``pixels`` ``(H, W)`` uint8 for ``targets``: a finding name, ``positive``
-    (findings called positive at the card's thresholds, else the most probable one) or ``all``.
-    """
-    if method not in METHODS:
-        raise did_you_mean(method, METHODS, what="CAM method")
+    """CAMs of ``pixels`` ``(H, W)`` uint8 for ``targets``: a finding name, a list of them,
+    ``positive`` (findings called positive at the card's thresholds, else the most probable
+    one) or ``all``. Each heatmap is ``(H, W)`` float32 in [0, 1]."""
+    resolve_method(method)
     letterboxed = torch.from_numpy(predictor.preprocess(pixels)[None])
     probs = predictor.predict_batch(letterboxed)[0]
     findings = predictor.findings
@@ -55,23 +134,19 @@ def heatmaps(
         chosen = list(range(len(findings)))
     elif targets == "positive":
         chosen = list(np.flatnonzero(predictor.calls(probs[None])[0])) or [int(np.argmax(probs))]
-    elif targets in findings:
-        chosen = [findings.index(targets)]
     else:
-        raise did_you_mean(targets, [*findings, "positive", "all"], what="CAM target")
+        names = [targets] if isinstance(targets, str) else list(targets)
+        for name in names:
+            if name not in findings:
+                raise did_you_mean(name, [*findings, "positive", "all"], what="CAM target")
+        chosen = [findings.index(name) for name in names]
     x = predictor.model_input(letterboxed)
-    layer = cam_target_layer(predictor.model, predictor.card["backbone"])
     results = []
-    with METHODS[method](model=predictor.model, target_layers=[layer]) as cam:
+    with open_cam(predictor.model, predictor.card["backbone"], method) as cam:
         for j in chosen:
             grayscale = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(j))])[0]
-            results.append(
-                CamResult(
-                    findings[j],
-                    float(probs[j]),
-                    to_original(grayscale, pixels.shape, predictor.letterbox_size),
-                )
-            )
+            heat = to_original(grayscale, pixels.shape, predictor.letterbox_size)
+            results.append(CamResult(findings[j], float(probs[j]), heat))
     return results
 
 
@@ -106,8 +181,16 @@ def overlay(
     scale = max(0.3, min(1.5, 0.4 * 0.95 * body.shape[1] / max(text_w, 1)))
     band_h = int(text_h * scale / 0.4) + 12
     band = np.full((band_h, body.shape[1], 3), 255, np.uint8)
-    cv2.putText(band, title, (4, band_h - 7), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0),
-                max(1, round(scale * 1.5)), cv2.LINE_AA)
+    cv2.putText(
+        band,
+        title,
+        (4, band_h - 7),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (0, 0, 0),
+        max(1, round(scale * 1.5)),
+        cv2.LINE_AA,
+    )
     return np.concatenate([band, body], axis=0)
 
 
@@ -118,17 +201,55 @@ def cam_image(
     *,
     targets: str = "positive",
     method: str = "gradcam",
+    name: str | None = None,
 ) -> list[CamResult]:
-    """Write ``<stem>_<finding>.png`` overlays and ``.npy`` heatmaps for one image."""
+    """Write ``OUT/<name>_<finding>.png`` overlays and ``.npy`` heatmaps for one image;
+    ``name`` (default: the file's stem) may hold sub-folders, e.g. ``ward1/img7``."""
     pixels = read_xray(image).pixels
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     results = heatmaps(predictor, pixels, targets, method=method)
-    stem = Path(image).stem
+    base = Path(out_dir) / (name or Path(image).stem)
+    base.parent.mkdir(parents=True, exist_ok=True)
     for r in results:
-        safe = r.finding.replace(" ", "_")
-        r.overlay_path = out_dir / f"{stem}_{safe}.png"
-        title = f"{r.finding}  p={r.probability:.2f}  ({method})"
+        stem = f"{base.name}_{r.finding.replace(' ', '_')}"
+        r.overlay_path = base.with_name(f"{stem}.png")
+        title = f"{r.finding}  p={r.probability:.2f}  ({resolve_method(method)})"
         cv2.imwrite(str(r.overlay_path), overlay(pixels, r.heatmap, title))
-        np.save(out_dir / f"{stem}_{safe}.npy", r.heatmap.astype(np.float32))
+        np.save(base.with_name(f"{stem}.npy"), r.heatmap.astype(np.float32))
     return results
+
+
+@dataclass
+class FolderResult:
+    """What :func:`cam_folder` did: results per image written, and ``(path, reason)`` skips."""
+
+    written: dict[Path, list[CamResult]] = field(default_factory=dict)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def cam_folder(
+    predictor: Predictor,
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    targets: str = "positive",
+    method: str = "gradcam",
+    progress: bool = True,
+) -> FolderResult:
+    """CAMs of a file, or of every image under a folder (recursive), written as
+    ``OUT/<path relative to the folder, without suffix>_<finding>.png``. Unreadable images
+    are recorded in :attr:`FolderResult.failed` and skipped."""
+    source = Path(source)
+    if not source.exists():
+        raise UserError(f"--image {source} does not exist")
+    resolve_method(method)
+    paths = resolve_sources(source)
+    result = FolderResult()
+    for path in tqdm(paths, desc=f"cam ({method})", unit="img", disable=not progress):
+        name = str(path.relative_to(source).with_suffix("")) if source.is_dir() else path.stem
+        try:
+            result.written[path] = cam_image(
+                predictor, path, out_dir, targets=targets, method=method, name=name
+            )
+        except ImageReadError as err:
+            result.failed.append((path, err.reason))
+    return result
