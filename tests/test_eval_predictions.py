@@ -17,8 +17,9 @@ from cxrkit.manifest import load_manifest
 from cxrkit.predictions import match_columns
 
 
-def _peer_predictions(prepared: Path, tmp_path: Path, *, signal: float, seed: int,
-                      drop: int = 0) -> Path:
+def _peer_predictions(
+    prepared: Path, tmp_path: Path, *, signal: float, seed: int, drop: int = 0
+) -> Path:
     """A fake peer's CSV: paths (not ids), odd column spellings, some extra/missing images."""
     m = load_manifest(prepared)
     rng = np.random.default_rng(seed)
@@ -26,7 +27,8 @@ def _peer_predictions(prepared: Path, tmp_path: Path, *, signal: float, seed: in
     for f in m.findings:
         y = np.nan_to_num(m.table[f].to_numpy())
         table[f"prob_{f.upper().replace(' ', '_')}"] = np.clip(
-            signal * y + rng.normal(0.3, 0.2, len(y)), 0, 1)
+            signal * y + rng.normal(0.3, 0.2, len(y)), 0, 1
+        )
     table = table.iloc[drop:]
     extra = pd.DataFrame({"Path": ["/elsewhere/not_in_labels.png"]})
     out = tmp_path / f"peer_{seed}.csv"
@@ -37,16 +39,20 @@ def _peer_predictions(prepared: Path, tmp_path: Path, *, signal: float, seed: in
 def test_match_columns_rules() -> None:
     cols = ["Image Index", "prob_EFFUSION", "pleural_thickening", "Mass"]
     got = match_columns(cols, ["Effusion", "Pleural Thickening", "Mass", "Hernia"], where="x")
-    assert got == {"Effusion": "prob_EFFUSION", "Pleural Thickening": "pleural_thickening",
-                   "Mass": "Mass"}
+    assert got == {
+        "Effusion": "prob_EFFUSION",
+        "Pleural Thickening": "pleural_thickening",
+        "Mass": "Mass",
+    }
     with pytest.raises(UserError, match="no column for any"):
         match_columns(["a", "b"], ["Effusion"], where="x.csv")
 
 
 def test_predictions_from_another_tool(prepared: Path, tmp_path: Path) -> None:
     peer = _peer_predictions(prepared, tmp_path, signal=0.5, seed=0, drop=2)
-    result = evaluate_predictions(peer, prepared, tmp_path / "ev",
-                                  options=EvalOptions(n_boot=50, calibration="none"))
+    result = evaluate_predictions(
+        peer, prepared, tmp_path / "ev", options=EvalOptions(n_boot=50, calibration="none")
+    )
     m = result.metrics
     assert m["missing"]["in_predictions_only"] == 1
     assert m["thresholds"]["split"] == "val"
@@ -74,15 +80,20 @@ def test_predictions_against_nih_metadata_labels(shared_data: Path, tmp_path: Pa
         preds[f] = np.clip(sample[f].to_numpy() * 0.4 + rng.random(len(sample)), 0, 1)
     path = tmp_path / "p.csv"
     preds.to_csv(path, index=False)
-    result = evaluate_predictions(path, shared_data / "nih-sample" /
-                                  "Data_Entry_2017_v2020.csv.gz", tmp_path / "ev", dataset="nih",
-                                  options=EvalOptions(n_boot=0, report=False))
+    result = evaluate_predictions(
+        path,
+        shared_data / "nih-sample" / "Data_Entry_2017_v2020.csv.gz",
+        tmp_path / "ev",
+        dataset="nih",
+        options=EvalOptions(n_boot=0, report=False),
+    )
     m = result.metrics
     assert m["classes"] == ["Cardiomegaly", "Effusion", "Pleural Thickening"]
     assert m["missing"]["in_labels_only"] == len(labels) - 3000
     for f in m["classes"]:
-        assert m["per_class"][f]["auroc"] == pytest.approx(roc_auc_score(sample[f], preds[f]),
-                                                          abs=1e-12)
+        assert m["per_class"][f]["auroc"] == pytest.approx(
+            roc_auc_score(sample[f], preds[f]), abs=1e-12
+        )
     assert any("fixed at 0.5" in w for w in m["warnings"])
 
 
@@ -91,8 +102,11 @@ def test_compare_two_models(prepared: Path, tmp_path: Path) -> None:
     weak = _peer_predictions(prepared, tmp_path, signal=0.1, seed=2)
     result = compare(strong, weak, prepared, tmp_path / "cmp", split=None)
     assert result["per_class"]
-    testable = {k: r for k, r in result["per_class"].items()
-                if r["n_positive"] >= 2 and r["n_negative"] >= 2}
+    testable = {
+        k: r
+        for k, r in result["per_class"].items()
+        if r["n_positive"] >= 2 and r["n_negative"] >= 2
+    }
     assert testable
     for row in testable.values():
         assert row["auc_a"] >= row["auc_b"] - 0.05
@@ -114,6 +128,11 @@ def test_subgroup_table_and_largest_gap() -> None:
     assert out["largest_gap"]["Effusion"]["column"] == "sex"
     assert out["largest_gap"]["Effusion"]["low_group"] == "F"
     assert {r["group"] for r in out["rows"] if r["column"] == "age_band"} <= {
-        "<20", "20-39", "40-59", "60-79", "80+"}
+        "<20",
+        "20-39",
+        "40-59",
+        "60-79",
+        "80+",
+    }
     with pytest.raises(UserError, match="no such column"):
         subgroups(table, y, s, classes=["Effusion"], by=["ethnicity"])

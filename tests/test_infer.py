@@ -30,8 +30,9 @@ def test_sources_folder_glob_txt_csv(images: list[Path], tmp_path: Path) -> None
     folder.mkdir(parents=True)
     for p in images[:3]:
         shutil.copy(p, folder / p.name)
-    assert [p.name for p in resolve_sources(tmp_path / "imgs")] == sorted(p.name for p in
-                                                                           images[:3])
+    assert [p.name for p in resolve_sources(tmp_path / "imgs")] == sorted(
+        p.name for p in images[:3]
+    )
     assert len(resolve_sources(str(tmp_path / "imgs" / "**" / "*.png"))) == 3
     (tmp_path / "list.txt").write_text("\n".join(f"imgs/sub/{p.name}" for p in images[:2]))
     assert resolve_sources(tmp_path / "list.txt") == [folder / p.name for p in images[:2]]
@@ -44,17 +45,20 @@ def test_sources_folder_glob_txt_csv(images: list[Path], tmp_path: Path) -> None
         resolve_sources(tmp_path / "bad.csv")
 
 
-def test_worker_decoding_gives_the_same_rows_in_order(predictor: Predictor,
-                                                      images: list[Path]) -> None:
+def test_worker_decoding_gives_the_same_rows_in_order(
+    predictor: Predictor, images: list[Path]
+) -> None:
     here = list(predict_paths(predictor, images))
     workers = list(predict_paths(predictor, images, workers=2))
     assert [p.path for p in workers] == [str(p) for p in images]
-    np.testing.assert_allclose(np.stack([p.probs for p in workers]),
-                               np.stack([p.probs for p in here]), atol=1e-6)
+    np.testing.assert_allclose(
+        np.stack([p.probs for p in workers]), np.stack([p.probs for p in here]), atol=1e-6
+    )
 
 
-def test_resume_neither_redoes_nor_duplicates(predictor: Predictor, images: list[Path],
-                                              tmp_path: Path) -> None:
+def test_resume_neither_redoes_nor_duplicates(
+    predictor: Predictor, images: list[Path], tmp_path: Path
+) -> None:
     out = tmp_path / "p.csv"
     write_predictions(predictor, images[:2], out, progress=False)
     with pytest.raises(UserError, match="--resume"):
@@ -68,14 +72,16 @@ def test_resume_neither_redoes_nor_duplicates(predictor: Predictor, images: list
     pd.testing.assert_frame_equal(table, pd.read_csv(full))
 
 
-def test_dicom_tags_only_when_asked(predictor: Predictor, shared_data: Path,
-                                    tmp_path: Path) -> None:
+def test_dicom_tags_only_when_asked(
+    predictor: Predictor, shared_data: Path, tmp_path: Path
+) -> None:
     dcm = shared_data / "formats" / "dicom" / "siim_pneumothorax_sample.dcm"
     out = tmp_path / "p.csv"
     write_predictions(predictor, [dcm], out, progress=False)
     assert not any("Patient" in c for c in pd.read_csv(out).columns)
-    write_predictions(predictor, [dcm], out, overwrite=True, dicom_tags=("PatientID", "Modality"),
-                      progress=False)
+    write_predictions(
+        predictor, [dcm], out, overwrite=True, dicom_tags=("PatientID", "Modality"), progress=False
+    )
     row = pd.read_csv(out, dtype=str).iloc[0]
     assert row["status"] == "ok" and row["Modality"] == "CR" and isinstance(row["PatientID"], str)
 
@@ -83,8 +89,11 @@ def test_dicom_tags_only_when_asked(predictor: Predictor, shared_data: Path,
 def test_bf16_and_tta_stay_close_to_fp32(trained: Path, images: list[Path]) -> None:
     ckpt = trained / "checkpoints" / "best.ckpt"
     probs = {}
-    for name, kwargs in {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"},
-                         "tta": {"precision": "fp32", "tta": True}}.items():
+    for name, kwargs in {
+        "fp32": {"precision": "fp32"},
+        "bf16": {"precision": "bf16"},
+        "tta": {"precision": "fp32", "tta": True},
+    }.items():
         p = Predictor.from_checkpoint(ckpt, **kwargs)
         probs[name] = np.stack([x.probs for x in predict_paths(p, images)])
     assert np.abs(probs["bf16"] - probs["fp32"]).max() < 0.01

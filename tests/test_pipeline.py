@@ -22,8 +22,13 @@ from cxrkit.manifest import load_manifest
 
 
 def test_run_folder_contents(trained: Path) -> None:
-    for rel in ("config.yaml", "run.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt",
-                "logs/metrics.csv"):
+    for rel in (
+        "config.yaml",
+        "run.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "logs/metrics.csv",
+    ):
         assert (trained / rel).is_file(), rel
     assert any((trained / "tensorboard").iterdir())
     run = json.loads((trained / "run.json").read_text())
@@ -71,8 +76,13 @@ def test_eval_matches_sklearn_and_writes_the_card(
 ) -> None:
     ckpt = tmp_path / "model.ckpt"
     ckpt.write_bytes((trained / "checkpoints" / "best.ckpt").read_bytes())
-    result = evaluate_checkpoint(ckpt, prepared, tmp_path / "eval",
-                                 options=EvalOptions(n_boot=50, by=("sex",)), progress=False)
+    result = evaluate_checkpoint(
+        ckpt,
+        prepared,
+        tmp_path / "eval",
+        options=EvalOptions(n_boot=50, by=("sex",)),
+        progress=False,
+    )
     m = json.loads(result.metrics_file.read_text())
     assert set(m) >= {"classes", "per_class", "macro", "micro", "n_images", "subgroups"}
     for name in ("per_class.csv", "report.html", "predictions_test.csv"):
@@ -82,8 +92,19 @@ def test_eval_matches_sklearn_and_writes_the_card(
     for name in m["classes"]:
         y, p = preds[f"label_{name}"], preds[f"prob_{name}"]
         entry = m["per_class"][name]
-        assert {"auroc", "ap", "threshold", "sensitivity", "specificity", "sens_at_spec_0.8",
-                "ppv", "npv", "f1", "brier", "ece"} <= set(entry)
+        assert {
+            "auroc",
+            "ap",
+            "threshold",
+            "sensitivity",
+            "specificity",
+            "sens_at_spec_0.8",
+            "ppv",
+            "npv",
+            "f1",
+            "brier",
+            "ece",
+        } <= set(entry)
         if y.nunique() == 2:
             assert entry["auroc"] == pytest.approx(roc_auc_score(y, p), abs=1e-9)
             low, high = entry["auroc_ci"]
@@ -102,18 +123,21 @@ def test_eval_matches_sklearn_and_writes_the_card(
     got = predictor.predict_manifest(load_manifest(prepared), rows)
     np.testing.assert_allclose(got, preds[[f"prob_{c}" for c in m["classes"]]], atol=1e-6)
     with pytest.raises(UserError, match="fitted on the val split"):
-        evaluate_checkpoint(ckpt, prepared, tmp_path / "e2",
-                            options=EvalOptions(split="val"), progress=False)
+        evaluate_checkpoint(
+            ckpt, prepared, tmp_path / "e2", options=EvalOptions(split="val"), progress=False
+        )
 
 
-def test_infer_streams_rows_and_keeps_going_after_a_bad_file(trained: Path, prepared: Path,
-                                                             tmp_path: Path) -> None:
+def test_infer_streams_rows_and_keeps_going_after_a_bad_file(
+    trained: Path, prepared: Path, tmp_path: Path
+) -> None:
     predictor = Predictor.from_checkpoint(trained / "checkpoints" / "best.ckpt", batch_size=3)
     good = [Path(p) for p in load_manifest(prepared).rows("test")["path"].iloc[:5]]
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    summary = write_predictions(predictor, [good[0], bad, *good[1:]], tmp_path / "p.csv",
-                                progress=False)
+    summary = write_predictions(
+        predictor, [good[0], bad, *good[1:]], tmp_path / "p.csv", progress=False
+    )
     assert (summary.ok, summary.failed) == (5, 1)
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
     assert [r["path"] for r in rows if r["status"] == "ok"] == [str(p) for p in good]

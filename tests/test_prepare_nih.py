@@ -19,12 +19,15 @@ from cxrkit.labels import NIH_FINDINGS
 from cxrkit.manifest import load_manifest
 from cxrkit.prepare import prepare
 
-HEADER_2017 = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
-               "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\n")
+HEADER_2017 = (
+    "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+    "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\n"
+)
 
 
-def _fake_nih(root: Path, rows: list[tuple[str, str, int]], *, nested: bool = False,
-              official: bool = True) -> Path:
+def _fake_nih(
+    root: Path, rows: list[tuple[str, str, int]], *, nested: bool = False, official: bool = True
+) -> Path:
     """Write a small NIH tree: rows of (image name, labels, patient id); 2017-style CSV.
     The official test list holds patients 1 and 2."""
     folder = root / ("images_001/images" if nested else "images")
@@ -93,7 +96,8 @@ def test_official_split_nested_folders_and_2017_trailing_comma(tmp_path: Path) -
     assert t.loc["00000001_000.png", ["Cardiomegaly", "Effusion", "Nodule"]].tolist() == [1, 1, 0]
     assert t.loc["00000002_000.png", "Pleural Thickening"] == 1
     header = json.loads((tmp_path / "prep" / "manifest.json").read_text())
-    assert header["split"]["policy"] == "official test; official train+val divided by patient (0.1 val)"
+    want = "official test; official train+val divided by patient (0.1 val)"
+    assert header["split"]["policy"] == want
     assert set(header["split"]["patients_sha256"]) == {"train", "val", "test"}
 
 
@@ -124,8 +128,10 @@ def test_prepare_refuses_to_overwrite_and_resumes_cache(tmp_path: Path) -> None:
     ("setup", "message"),
     [
         (lambda r: None, "no NIH metadata"),
-        (lambda r: (r / "Data_Entry_2017.csv").write_text("Image Index,Labels\nx.png,A\n"),
-         "lacks the column"),
+        (
+            lambda r: (r / "Data_Entry_2017.csv").write_text("Image Index,Labels\nx.png,A\n"),
+            "lacks the column",
+        ),
     ],
 )
 def test_bad_layouts_name_the_problem(tmp_path: Path, setup, message: str) -> None:
@@ -157,8 +163,25 @@ def test_clahe_is_baked_into_the_cache_and_recorded(phantom: Path, tmp_path: Pat
     from cxrkit.io import read_xray
     from cxrkit.preprocess import Clahe, prepare_image
 
-    assert main(["prepare", "nih", "--root", str(phantom), "--out", str(tmp_path / "p"),
-                 "--size", "64", "--clahe", "3.0", "--workers", "1"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "nih",
+                "--root",
+                str(phantom),
+                "--out",
+                str(tmp_path / "p"),
+                "--size",
+                "64",
+                "--clahe",
+                "3.0",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
     m = load_manifest(tmp_path / "p")
     assert m.header["cache"]["clahe"] == {"clip_limit": 3.0, "tiles": 8}
     row = m.table.iloc[0]

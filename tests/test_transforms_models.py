@@ -13,8 +13,15 @@ from cxrkit.models import cam_target_layer, create_model, input_normalization
 from cxrkit.training import augment_on_device
 from cxrkit.transforms import augment_uint8, eval_transform, train_transform
 
-IDENTITY = AugmentConfig(scale=(1.0, 1.0), ratio=(1.0, 1.0), rotate_deg=0.0, translate=0.0,
-                         brightness=0.0, contrast=0.0, hflip=False)
+IDENTITY = AugmentConfig(
+    scale=(1.0, 1.0),
+    ratio=(1.0, 1.0),
+    rotate_deg=0.0,
+    translate=0.0,
+    brightness=0.0,
+    contrast=0.0,
+    hflip=False,
+)
 
 
 def _batch(n: int = 4, size: int = 32) -> torch.Tensor:
@@ -44,8 +51,9 @@ def test_cpu_identity_augmentation_is_exact() -> None:
 
 def test_cpu_and_device_executors_agree_on_the_same_draw() -> None:
     smooth = torch.nn.functional.avg_pool2d(_batch(6, 64).float(), 5, 1, 2).to(torch.uint8)
-    cfg = AugmentConfig(scale=(0.6, 1.0), rotate_deg=10.0, translate=0.05, brightness=0.1,
-                        contrast=0.2)
+    cfg = AugmentConfig(
+        scale=(0.6, 1.0), rotate_deg=10.0, translate=0.05, brightness=0.1, contrast=0.2
+    )
     cpu = augment_uint8(smooth[:, 0].numpy(), 48, cfg, np.random.default_rng(7)).astype(float)
     dev = train_transform(smooth, 48, 0.0, 1 / 255, cfg, np.random.default_rng(7))[:, 0].numpy()
     assert np.abs(cpu - dev).mean() < 1.0, "same crop/rotation/jitter, up to uint8 rounding"
@@ -70,25 +78,32 @@ def test_random_augmentation_varies_per_image_and_keeps_shape() -> None:
 def test_no_horizontal_flip_by_default() -> None:
     image = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
     image[..., :, 24:] = 255  # bright on the image right, like the heart
-    cfg = AugmentConfig(scale=(0.9, 1.0), rotate_deg=3.0, translate=0.02, brightness=0.0,
-                        contrast=0.0)
+    cfg = AugmentConfig(
+        scale=(0.9, 1.0), rotate_deg=3.0, translate=0.02, brightness=0.0, contrast=0.0
+    )
     torch.manual_seed(3)
     out = train_transform(image.repeat(64, 1, 1, 1), 32, 0.0, 1.0, cfg)
     right, left = out[..., 16:].mean(dim=(1, 2, 3)), out[..., :16].mean(dim=(1, 2, 3))
     assert (right > left).all()
-    flipped = train_transform(image.repeat(64, 1, 1, 1), 32, 0.0, 1.0,
-                              AugmentConfig(hflip=True, brightness=0.0, contrast=0.0))
+    flipped = train_transform(
+        image.repeat(64, 1, 1, 1),
+        32,
+        0.0,
+        1.0,
+        AugmentConfig(hflip=True, brightness=0.0, contrast=0.0),
+    )
     assert (flipped[..., 16:].mean(dim=(1, 2, 3)) < flipped[..., :16].mean(dim=(1, 2, 3))).any()
 
 
-@pytest.mark.parametrize("backbone", ["resnet10t", "densenet121", "efficientnet_b0",
-                                      "convnext_atto", "mobilenetv3_small_050"])
+@pytest.mark.parametrize(
+    "backbone",
+    ["resnet10t", "densenet121", "efficientnet_b0", "convnext_atto", "mobilenetv3_small_050"],
+)
 def test_backbones_give_logits_and_a_spatial_cam_layer(backbone: str) -> None:
     model = create_model(backbone, 3).eval()
     assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 3)
     seen: list[torch.Tensor] = []
-    handle = cam_target_layer(model, backbone).register_forward_hook(
-        lambda m, i, o: seen.append(o))
+    handle = cam_target_layer(model, backbone).register_forward_hook(lambda m, i, o: seen.append(o))
     model(torch.zeros(1, 1, 64, 64))
     handle.remove()
     assert seen and seen[0].ndim == 4 and seen[0].shape[-1] > 1
@@ -101,8 +116,9 @@ def test_unknown_backbone_suggests_names() -> None:
         create_model("densenet12l", 2)
 
 
-def test_pretrained_without_network_says_what_to_do(monkeypatch: pytest.MonkeyPatch,
-                                                     tmp_path) -> None:
+def test_pretrained_without_network_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
     monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(UserError, match="model.pretrained=false"):

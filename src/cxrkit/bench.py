@@ -46,8 +46,10 @@ class LoaderBench:
             f"loader / decode: {self.ratio:.1f}x",
         ]
         if self.model is not None:
-            out.append(f"model train step on {self.device}: {self.model:.1f} images/s "
-                       f"(loader capacity {self.loader / self.model:.1f}x the model)")
+            out.append(
+                f"model train step on {self.device}: {self.model:.1f} images/s "
+                f"(loader capacity {self.loader / self.model:.1f}x the model)"
+            )
         return out
 
 
@@ -61,8 +63,14 @@ def _rate(n_items: int, fn: Callable[[], None], min_seconds: float = 1.0) -> flo
     return n_items * count / elapsed
 
 
-def bench_loader(data: str | Path, *, image_size: int = 224, batch_size: int = 32,
-                 n_decode: int = 64, model: str | None = None) -> LoaderBench:
+def bench_loader(
+    data: str | Path,
+    *,
+    image_size: int = 224,
+    batch_size: int = 32,
+    n_decode: int = 64,
+    model: str | None = None,
+) -> LoaderBench:
     """Measure the figures of :class:`LoaderBench` on the prepared folder ``data``."""
     torch.set_num_threads(1)
     manifest = load_manifest(data)
@@ -110,7 +118,8 @@ def _model_rate(backbone: str, image_size: int, batch_size: int, device: str) ->
     net = create_model(backbone, 14).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), 1e-4)
     x = torch.randn(batch_size, 1, image_size, image_size, device=device).contiguous(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     y = torch.randint(0, 2, (batch_size, 14), device=device).float()
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
 
@@ -124,4 +133,3 @@ def _model_rate(backbone: str, image_size: int, batch_size: int, device: str) ->
             torch.cuda.synchronize()
 
     return _rate(batch_size, step, min_seconds=3.0)
-

@@ -35,8 +35,10 @@ class InferBench:
     def lines(self) -> list[str]:
         out = [f"model only, {k}: {v:.1f} images/s" for k, v in self.model.items()]
         ratio = self.end_to_end / self.model[self.precision]
-        out.append(f"end to end ({self.n_images} images, {self.precision}): "
-                   f"{self.end_to_end:.1f} images/s = {ratio:.2f} of model-only")
+        out.append(
+            f"end to end ({self.n_images} images, {self.precision}): "
+            f"{self.end_to_end:.1f} images/s = {ratio:.2f} of model-only"
+        )
         out.append(f"torch threads: {self.threads}")
         return out
 
@@ -45,8 +47,12 @@ def stand_in(backbone: str, input_size: int, letterbox_size: int) -> LoadedModel
     """An untrained ``backbone`` with a model card, for timing without a checkpoint."""
     model = create_model(backbone, len(NIH_FINDINGS)).eval()
     mean, std = input_normalization(model)
-    card = {"findings": list(NIH_FINDINGS), "backbone": backbone, "input_size": input_size,
-            "normalization": {"mean": mean, "std": std, "letterbox_size": letterbox_size}}
+    card = {
+        "findings": list(NIH_FINDINGS),
+        "backbone": backbone,
+        "input_size": input_size,
+        "normalization": {"mean": mean, "std": std, "letterbox_size": letterbox_size},
+    }
     return LoadedModel(model=model, card=card)
 
 
@@ -58,14 +64,25 @@ def _rate(n: int, fn, repeat: int) -> float:  # noqa: ANN001 - a plain callable
     return n * repeat / (time.perf_counter() - start)
 
 
-def bench_infer(images: str | Path, *, checkpoint: str | Path | None = None,
-                backbone: str = "densenet121", input_size: int = 224, letterbox_size: int = 256,
-                batch_size: int = 16, workers: int = 1, precision: str = "fp32",
-                repeat: int = 3) -> InferBench:
+def bench_infer(
+    images: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    backbone: str = "densenet121",
+    input_size: int = 224,
+    letterbox_size: int = 256,
+    batch_size: int = 16,
+    workers: int = 1,
+    precision: str = "fp32",
+    repeat: int = 3,
+) -> InferBench:
     """Measure :class:`InferBench` on the images under ``images``."""
     paths = resolve_sources(images)
-    loaded = (Predictor.from_checkpoint(checkpoint).loaded if checkpoint
-              else stand_in(backbone, input_size, letterbox_size))
+    loaded = (
+        Predictor.from_checkpoint(checkpoint).loaded
+        if checkpoint
+        else stand_in(backbone, input_size, letterbox_size)
+    )
     size = int(loaded.card["input_size"])
     x = torch.randn(batch_size, 1, size, size).contiguous(memory_format=torch.channels_last)
     model_rates = {}

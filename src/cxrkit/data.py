@@ -129,8 +129,9 @@ class SplitData:
     slots: np.ndarray  # (n,) cache slot
     labels: np.ndarray  # (n, C) float32, NaN = unknown (incl. findings a dataset lacks)
 
-    def batches(self, caches: list[CacheSpec],
-                augment: tuple[AugmentConfig, int] | None = None) -> CacheBatches:
+    def batches(
+        self, caches: list[CacheSpec], augment: tuple[AugmentConfig, int] | None = None
+    ) -> CacheBatches:
         return CacheBatches(caches, self.sources, self.slots, self.labels, augment)
 
 

@@ -60,35 +60,63 @@ def run_demo(
     config = load_config(RECIPE, overrides)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    _step("synth", lambda: generate_dataset(
-        out / "phantom", n_patients=n_patients or 600, size=image_size, seed=config.seed,
-        workers=workers), timings)
-    manifest = _step("prepare", lambda: prepare(
-        "nih", out / "phantom", out / "prepared", size=image_size, workers=workers), timings)
+    _step(
+        "synth",
+        lambda: generate_dataset(
+            out / "phantom",
+            n_patients=n_patients or 600,
+            size=image_size,
+            seed=config.seed,
+            workers=workers,
+        ),
+        timings,
+    )
+    manifest = _step(
+        "prepare",
+        lambda: prepare("nih", out / "phantom", out / "prepared", size=image_size, workers=workers),
+        timings,
+    )
     result = _step("train", lambda: fit(config, out / "prepared", out / "run"), timings)
-    evaluated = _step("eval", lambda: evaluate_checkpoint(
-        result.best, out / "prepared", out / "eval",
-        options=EvalOptions(by=("sex", "age_band", "view"))), timings)
+    evaluated = _step(
+        "eval",
+        lambda: evaluate_checkpoint(
+            result.best,
+            out / "prepared",
+            out / "eval",
+            options=EvalOptions(by=("sex", "age_band", "view")),
+        ),
+        timings,
+    )
     predictor = Predictor.from_checkpoint(result.best)
     test_paths = [Path(p) for p in manifest.rows("test")["path"]]
-    _step("infer", lambda: write_predictions(predictor, test_paths, out / "predictions.csv",
-                                             workers=1),
-          timings)
-    overlays = _step("cam", lambda: _cams(predictor, out, evaluated.out / "predictions_test.csv",
-                                          n_cam), timings)
+    _step(
+        "infer",
+        lambda: write_predictions(predictor, test_paths, out / "predictions.csv", workers=1),
+        timings,
+    )
+    overlays = _step(
+        "cam", lambda: _cams(predictor, out, evaluated.out / "predictions_test.csv", n_cam), timings
+    )
     total = time.perf_counter() - t0
     metrics = evaluated.metrics
-    print("\nResults on the phantom test split "
-          f"({metrics['n_images']} images; 95% CI by patient bootstrap; thresholds and "
-          "temperature calibration fitted on val):\n")
+    print(
+        "\nResults on the phantom test split "
+        f"({metrics['n_images']} images; 95% CI by patient bootstrap; thresholds and "
+        "temperature calibration fitted on val):\n"
+    )
     print(format_table(metrics))
-    print(f"\nreport:       {evaluated.out / 'report.html'}\n"
-          f"metrics:      {evaluated.metrics_file}\npredictions:  {out / 'predictions.csv'}\n"
-          f"checkpoint:   {result.best}\noverlays:     {', '.join(map(str, overlays))}\n"
-          f"logs:         {out / 'run' / 'logs' / 'metrics.csv'} "
-          f"(tensorboard --logdir {out / 'run' / 'tensorboard'})")
-    print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-          + f"; total {total:.0f} s")
+    print(
+        f"\nreport:       {evaluated.out / 'report.html'}\n"
+        f"metrics:      {evaluated.metrics_file}\npredictions:  {out / 'predictions.csv'}\n"
+        f"checkpoint:   {result.best}\noverlays:     {', '.join(map(str, overlays))}\n"
+        f"logs:         {out / 'run' / 'logs' / 'metrics.csv'} "
+        f"(tensorboard --logdir {out / 'run' / 'tensorboard'})"
+    )
+    print(
+        "time: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+        + f"; total {total:.0f} s"
+    )
     return metrics
 
 

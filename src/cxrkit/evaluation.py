@@ -63,20 +63,40 @@ def evaluate(
     classes = list(classes)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        base = summarize(y_true, y_score, classes=classes, thresholds=thresholds,
-                         specificity=specificities[0])
+        base = summarize(
+            y_true, y_score, classes=classes, thresholds=thresholds, specificity=specificities[0]
+        )
         conf = confusion_at_thresholds(y_true, y_score, thresholds)
-        extra = {f"sens_at_spec_{s:g}": sensitivity_at_specificity(y_true, y_score, specificity=s)
-                 for s in specificities}
-        extra |= {f"spec_at_sens_{s:g}": specificity_at_sensitivity(y_true, y_score, sensitivity=s)
-                  for s in sensitivities}
-        ci = bootstrap_ci(y_true, y_score, thresholds=thresholds, groups=groups, n_boot=n_boot,
-                          seed=seed, specificities=specificities,
-                          sensitivities=sensitivities) if n_boot > 0 else {}
+        extra = {
+            f"sens_at_spec_{s:g}": sensitivity_at_specificity(y_true, y_score, specificity=s)
+            for s in specificities
+        }
+        extra |= {
+            f"spec_at_sens_{s:g}": specificity_at_sensitivity(y_true, y_score, sensitivity=s)
+            for s in sensitivities
+        }
+        ci = (
+            bootstrap_ci(
+                y_true,
+                y_score,
+                thresholds=thresholds,
+                groups=groups,
+                n_boot=n_boot,
+                seed=seed,
+                specificities=specificities,
+                sensitivities=sensitivities,
+            )
+            if n_boot > 0
+            else {}
+        )
         cal = {"brier": brier(y_true, y_score), "ece": ece(y_true, y_score)}
         if raw_score is not None:
-            cal = {"brier": brier(y_true, raw_score), "ece": ece(y_true, raw_score),
-                   "brier_calibrated": cal["brier"], "ece_calibrated": cal["ece"]}
+            cal = {
+                "brier": brier(y_true, raw_score),
+                "ece": ece(y_true, raw_score),
+                "brier_calibrated": cal["brier"],
+                "ece_calibrated": cal["ece"],
+            }
         per_class = base["per_class"]
         for j, name in enumerate(classes):
             entry = per_class[name]
@@ -98,8 +118,16 @@ def evaluate(
         metrics["micro"]["auroc_ci"] = _ci(ci["micro_auroc"])
     metrics["weighted"] = _weighted(per_class, classes)
     metrics["n_patients"] = int(len(np.unique(groups))) if groups is not None else None
-    metrics["bootstrap"] = ({"n": n_boot, "unit": "patient" if groups is not None else "image",
-                             "seed": seed, "interval": "95% percentile"} if n_boot > 0 else None)
+    metrics["bootstrap"] = (
+        {
+            "n": n_boot,
+            "unit": "patient" if groups is not None else "image",
+            "seed": seed,
+            "interval": "95% percentile",
+        }
+        if n_boot > 0
+        else None
+    )
     metrics["warnings"] = sorted({str(w.message) for w in caught})
     return metrics
 
@@ -108,8 +136,11 @@ def _weighted(per_class: dict[str, dict], classes: list[str]) -> dict[str, float
     """Prevalence-weighted (by positives) averages of AUROC and AP over evaluable classes."""
     out: dict[str, float | None] = {}
     for key in ("auroc", "ap"):
-        pairs = [(per_class[c][key], per_class[c]["n_positive"]) for c in classes
-                 if per_class[c][key] is not None]
+        pairs = [
+            (per_class[c][key], per_class[c]["n_positive"])
+            for c in classes
+            if per_class[c][key] is not None
+        ]
         total = sum(w for _, w in pairs)
         out[key] = sum(v * w for v, w in pairs) / total if total else None
     return out
@@ -120,14 +151,20 @@ def add_age_band(table: pd.DataFrame) -> pd.DataFrame:
     if "age" not in table:
         return table
     labels = ["<20", "20-39", "40-59", "60-79", "80+"]
-    band = pd.cut(pd.to_numeric(table["age"], errors="coerce"), AGE_BANDS, right=False,
-                  labels=labels)
+    band = pd.cut(
+        pd.to_numeric(table["age"], errors="coerce"), AGE_BANDS, right=False, labels=labels
+    )
     return table.assign(age_band=band.astype(object).where(band.notna(), None))
 
 
 def subgroups(
-    table: pd.DataFrame, y_true: np.ndarray, y_score: np.ndarray, *, classes: Sequence[str],
-    by: Sequence[str], min_size: int = 10,
+    table: pd.DataFrame,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    classes: Sequence[str],
+    by: Sequence[str],
+    min_size: int = 10,
 ) -> dict[str, Any]:
     """Per group of each ``by`` column: n, positives and AUROC with a DeLong 95% interval per
     finding, and per finding the largest AUROC gap between two groups of one column.
@@ -139,8 +176,10 @@ def subgroups(
     if unknown:
         from cxrkit.errors import UserError
 
-        raise UserError(f"--by {', '.join(unknown)}: no such column; available: "
-                        f"{', '.join(c for c in table.columns if table[c].nunique() < 50)}")
+        raise UserError(
+            f"--by {', '.join(unknown)}: no such column; available: "
+            f"{', '.join(c for c in table.columns if table[c].nunique() < 50)}"
+        )
     rows: list[dict[str, Any]] = []
     gaps: dict[str, dict[str, Any]] = {}
     for column in by:
@@ -151,23 +190,37 @@ def subgroups(
                 y, s = y_true[mask, j], y_score[mask, j]
                 labelled = ~np.isnan(y)
                 n_pos = int((y[labelled] == 1).sum())
-                row = {"column": column, "group": str(group), "finding": name,
-                       "n": int(labelled.sum()), "n_positive": n_pos, "auroc": None,
-                       "auroc_ci": None}
+                row = {
+                    "column": column,
+                    "group": str(group),
+                    "finding": name,
+                    "n": int(labelled.sum()),
+                    "n_positive": n_pos,
+                    "auroc": None,
+                    "auroc_ci": None,
+                }
                 if labelled.sum() >= min_size and 2 <= n_pos <= labelled.sum() - 2:
                     auc, low, high = delong_ci(y, s)
-                    row["auroc"], row["auroc_ci"] = json_float(auc), [json_float(low), json_float(high)]
+                    row["auroc"] = json_float(auc)
+                    row["auroc_ci"] = [json_float(low), json_float(high)]
                 rows.append(row)
         for name in classes:
-            scored = [r for r in rows if r["column"] == column and r["finding"] == name
-                      and r["auroc"] is not None]
+            scored = [
+                r
+                for r in rows
+                if r["column"] == column and r["finding"] == name and r["auroc"] is not None
+            ]
             if len(scored) >= 2:
                 low_r = min(scored, key=lambda r: r["auroc"])
                 high_r = max(scored, key=lambda r: r["auroc"])
                 gap = high_r["auroc"] - low_r["auroc"]
                 if name not in gaps or gap > gaps[name]["gap"]:
-                    gaps[name] = {"column": column, "gap": gap, "low_group": low_r["group"],
-                                  "high_group": high_r["group"]}
+                    gaps[name] = {
+                        "column": column,
+                        "gap": gap,
+                        "low_group": low_r["group"],
+                        "high_group": high_r["group"],
+                    }
     return {"by": list(by), "min_size": min_size, "rows": rows, "largest_gap": gaps}
 
 
@@ -188,8 +241,10 @@ def per_class_table(metrics: dict[str, Any]) -> pd.DataFrame:
 def format_table(metrics: dict[str, Any]) -> str:
     """The per-class results table printed by ``eval`` and ``demo``."""
     first = next(iter(metrics["per_class"].values()))
-    key = next((k for k in first if k.startswith("sens_at_spec") and not k.endswith("_ci")),
-               "sens_at_spec_0.8")
+    key = next(
+        (k for k in first if k.startswith("sens_at_spec") and not k.endswith("_ci")),
+        "sens_at_spec_0.8",
+    )
     spec = key.rsplit("_", 1)[-1]
     sens_head = f"Sen@Spec({spec})"
     head = f"{'Class':<20} {'AUROC':>7} {'95% CI':>15} {'AP':>7} {'Thr':>6} {sens_head:>16}"
@@ -203,11 +258,14 @@ def format_table(metrics: dict[str, Any]) -> str:
 
     for name in metrics["classes"]:
         m = metrics["per_class"][name]
-        lines.append(f"{name:<20} {fmt(m['auroc'], 7)} {ci(m.get('auroc_ci'))} {fmt(m['ap'], 7)} "
-                     f"{fmt(m['threshold'], 6, 2)} {fmt(m[key], 16)}")
+        lines.append(
+            f"{name:<20} {fmt(m['auroc'], 7)} {ci(m.get('auroc_ci'))} {fmt(m['ap'], 7)} "
+            f"{fmt(m['threshold'], 6, 2)} {fmt(m[key], 16)}"
+        )
     lines.append("-" * len(head))
     for avg in ("macro", "micro"):
         row = metrics[avg]
-        lines.append(f"{avg:<20} {fmt(row['auroc'], 7)} {ci(row.get('auroc_ci'))} "
-                     f"{fmt(row['ap'], 7)}")
+        lines.append(
+            f"{avg:<20} {fmt(row['auroc'], 7)} {ci(row.get('auroc_ci'))} {fmt(row['ap'], 7)}"
+        )
     return "\n".join(lines)

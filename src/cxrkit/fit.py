@@ -129,8 +129,9 @@ def fit(
     }
     clahe = {json.dumps(m.header["cache"].get("clahe")) for m in manifests}
     if len(clahe) != 1:
-        raise UserError("the prepared datasets differ in CLAHE; prepare them alike to train "
-                        "them together")
+        raise UserError(
+            "the prepared datasets differ in CLAHE; prepare them alike to train them together"
+        )
     card = new_card(config, findings, training_data, caches[0].size)
     card["normalization"]["clahe"] = manifests[0].header["cache"].get("clahe")
     module = CXRModule(config, card, pos, neg)

@@ -46,8 +46,9 @@ def resolve_sources(source: str | Path) -> list[Path]:
             raise UserError(f"--source pattern {text!r} matches no file")
         return files
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*")
-                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        files = sorted(
+            p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        )
         if not files:
             raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {path}")
         return files
@@ -82,8 +83,7 @@ class Item:
 class _Decode(Dataset):
     """Reads and letterboxes image ``i`` (in a worker process when the loader has workers)."""
 
-    def __init__(self, paths: Sequence[Path], size: int, clahe: Clahe | None,
-                 tags: Sequence[str]):
+    def __init__(self, paths: Sequence[Path], size: int, clahe: Clahe | None, tags: Sequence[str]):
         self.paths, self.size, self.clahe, self.tags = list(paths), size, clahe, tuple(tags)
 
     def __len__(self) -> int:
@@ -115,19 +115,33 @@ class Prediction:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def predict_paths(predictor: Predictor, paths: Sequence[Path], *, workers: int = 0,
-                  dicom_tags: Sequence[str] = (), progress: bool = False) -> Iterator[Prediction]:
+def predict_paths(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    *,
+    workers: int = 0,
+    dicom_tags: Sequence[str] = (),
+    progress: bool = False,
+) -> Iterator[Prediction]:
     """Predictions for ``paths`` in order, decoding in ``workers`` processes (0 = here)."""
     dataset = _Decode(paths, predictor.letterbox_size, predictor.clahe, dicom_tags)
-    loader = DataLoader(dataset, batch_size=predictor.batch_size, num_workers=workers,
-                        collate_fn=list, prefetch_factor=4 if workers else None,
-                        multiprocessing_context="spawn" if workers else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=predictor.batch_size,
+        num_workers=workers,
+        collate_fn=list,
+        prefetch_factor=4 if workers else None,
+        multiprocessing_context="spawn" if workers else None,
+    )
     bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress)
     with bar:
         for items in loader:
             good = [it for it in items if it.pixels is not None]
-            probs = (predictor.predict_batch(torch.from_numpy(np.stack([it.pixels for it in good])))
-                     if good else np.zeros((0, len(predictor.findings))))
+            probs = (
+                predictor.predict_batch(torch.from_numpy(np.stack([it.pixels for it in good])))
+                if good
+                else np.zeros((0, len(predictor.findings)))
+            )
             by_index = {it.index: p for it, p in zip(good, probs, strict=True)}
             for it in items:
                 yield Prediction(str(paths[it.index]), by_index.get(it.index), it.error, it.tags)
@@ -142,23 +156,38 @@ class InferSummary:
 
 
 def write_predictions(
-    predictor: Predictor, paths: Sequence[Path], out_csv: str | Path, *, workers: int = 0,
-    resume: bool = False, overwrite: bool = False, dicom_tags: Sequence[str] = (),
+    predictor: Predictor,
+    paths: Sequence[Path],
+    out_csv: str | Path,
+    *,
+    workers: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    dicom_tags: Sequence[str] = (),
     progress: bool = True,
 ) -> InferSummary:
     """Stream one CSV row per image to ``out_csv`` (columns in the module docstring)."""
     out_csv = Path(out_csv)
     names = predictor.findings
-    header = ["path", "image_id", "status", *dicom_tags, *(f"prob_{f}" for f in names),
-              *(f"call_{f}" for f in names), "findings"]
+    header = [
+        "path",
+        "image_id",
+        "status",
+        *dicom_tags,
+        *(f"prob_{f}" for f in names),
+        *(f"call_{f}" for f in names),
+        "findings",
+    ]
     done: set[str] = set()
     if out_csv.exists() and resume:
         existing = pd.read_csv(out_csv, dtype=str, usecols=lambda c: c in ("path",))
         done = set(existing["path"]) if "path" in existing else set()
         with out_csv.open() as fh:
             if next(csv.reader(fh), []) != header:
-                raise UserError(f"{out_csv} was written with other columns (another model or "
-                                "--dicom-tags); resume into the same settings or a new file")
+                raise UserError(
+                    f"{out_csv} was written with other columns (another model or "
+                    "--dicom-tags); resume into the same settings or a new file"
+                )
     elif out_csv.exists() and not overwrite:
         raise UserError(f"{out_csv} exists; pass --resume to continue it or --overwrite")
     todo = [p for p in paths if str(p) not in done]
@@ -168,21 +197,39 @@ def write_predictions(
         writer = csv.writer(fh)
         if fh.tell() == 0:
             writer.writerow(header)
-        for k, pred in enumerate(predict_paths(predictor, todo, workers=workers,
-                                               dicom_tags=dicom_tags, progress=progress)):
+        for k, pred in enumerate(
+            predict_paths(
+                predictor, todo, workers=workers, dicom_tags=dicom_tags, progress=progress
+            )
+        ):
             tags = [pred.tags.get(t, "") for t in dicom_tags]
             image_id = os.path.basename(pred.path)
             if pred.probs is None:
                 n_failed += 1
-                writer.writerow([pred.path, image_id, f"error: {pred.error}", *tags,
-                                 *[""] * (2 * len(names) + 1)])
+                writer.writerow(
+                    [
+                        pred.path,
+                        image_id,
+                        f"error: {pred.error}",
+                        *tags,
+                        *[""] * (2 * len(names) + 1),
+                    ]
+                )
             else:
                 n_ok += 1
                 calls = predictor.calls(pred.probs[None])[0]
                 positive = "|".join(f for f, c in zip(names, calls, strict=True) if c)
-                writer.writerow([pred.path, image_id, "ok", *tags,
-                                 *(f"{p:.6f}" for p in pred.probs), *(int(c) for c in calls),
-                                 positive])
+                writer.writerow(
+                    [
+                        pred.path,
+                        image_id,
+                        "ok",
+                        *tags,
+                        *(f"{p:.6f}" for p in pred.probs),
+                        *(int(c) for c in calls),
+                        positive,
+                    ]
+                )
             if k % predictor.batch_size == predictor.batch_size - 1:
                 fh.flush()
     return InferSummary(ok=n_ok, failed=n_failed, skipped=len(paths) - len(todo))

@@ -82,14 +82,22 @@ class Predictor:
         channels_last always; bf16 autocast when enabled (probabilities stay within 0.01 of
         fp32, checked by a test); with ``tta`` the logits are averaged over six views (the
         image, a 6% zoom and four 3% shifts; never a horizontal flip)."""
-        views = tta_views(images.to(self.device), self.input_size) if self.tta else [
-            to_unit(images.to(self.device), self.input_size)]
+        views = (
+            tta_views(images.to(self.device), self.input_size)
+            if self.tta
+            else [to_unit(images.to(self.device), self.input_size)]
+        )
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = torch.stack([
-                self.backend(normalize(v, self.mean, self.std).contiguous(
-                    memory_format=torch.channels_last)).float()
-                for v in views
-            ]).mean(dim=0)
+            logits = torch.stack(
+                [
+                    self.backend(
+                        normalize(v, self.mean, self.std).contiguous(
+                            memory_format=torch.channels_last
+                        )
+                    ).float()
+                    for v in views
+                ]
+            ).mean(dim=0)
         probs = torch.sigmoid(logits).cpu().numpy().astype(np.float64)
         if calibrated and self.calibrator is not None:
             probs = self.calibrator.apply(probs)
@@ -100,7 +108,11 @@ class Predictor:
         return (probs >= self.thresholds).astype(np.int8)
 
     def predict_manifest(
-        self, manifest: Manifest, rows: pd.DataFrame, *, progress: bool = False,
+        self,
+        manifest: Manifest,
+        rows: pd.DataFrame,
+        *,
+        progress: bool = False,
         calibrated: bool = True,
     ) -> np.ndarray:
         """``(len(rows), C)`` probabilities for manifest rows, read from the image cache."""
@@ -131,11 +143,18 @@ def tta_views(images: torch.Tensor, size: int) -> list[torch.Tensor]:
     n = x.shape[0]
     views = [x]
     # (scale, dx, dy) in grid units: the image spans [-1, 1], so 0.06 is 3% of its width.
-    for scale, dx, dy in ((0.94, 0.0, 0.0), (1.0, 0.06, 0.0), (1.0, -0.06, 0.0),
-                          (1.0, 0.0, 0.06), (1.0, 0.0, -0.06)):
-        theta = torch.tensor([[scale, 0.0, dx], [0.0, scale, dy]], dtype=x.dtype,
-                             device=x.device).expand(n, 2, 3)
+    for scale, dx, dy in (
+        (0.94, 0.0, 0.0),
+        (1.0, 0.06, 0.0),
+        (1.0, -0.06, 0.0),
+        (1.0, 0.0, 0.06),
+        (1.0, 0.0, -0.06),
+    ):
+        theta = torch.tensor(
+            [[scale, 0.0, dx], [0.0, scale, dy]], dtype=x.dtype, device=x.device
+        ).expand(n, 2, 3)
         grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-        views.append(torch.nn.functional.grid_sample(x, grid, padding_mode="zeros",
-                                                     align_corners=False))
+        views.append(
+            torch.nn.functional.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
+        )
     return views

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 import timm
 import torch

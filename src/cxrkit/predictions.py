@@ -31,8 +31,13 @@ def _norm(name: str) -> str:
 
 def image_key(values: pd.Series) -> pd.Series:
     """File name of each id or path (``a/b/00000001_000.png`` -> ``00000001_000.png``)."""
-    return values.astype(str).str.strip().str.replace("\\", "/", regex=False).str.rsplit(
-        "/", n=1).str[-1]
+    return (
+        values.astype(str)
+        .str.strip()
+        .str.replace("\\", "/", regex=False)
+        .str.rsplit("/", n=1)
+        .str[-1]
+    )
 
 
 @dataclass
@@ -51,15 +56,19 @@ def load_labels(source: str | Path, *, dataset: str | None = None) -> LabelSourc
     source = Path(source)
     if dataset is None:
         if not (source / HEADER_NAME).is_file():
-            raise UserError(f"--labels {source} is not a prepared folder; give --dataset NAME "
-                            "to read a dataset's own label file")
+            raise UserError(
+                f"--labels {source} is not a prepared folder; give --dataset NAME "
+                "to read a dataset's own label file"
+            )
         m = load_manifest(source)
         table, findings = m.table.copy(), m.findings
     else:
         spec = get_dataset(dataset)
         if spec.read_labels is None:
-            raise UserError(f"dataset {dataset!r} cannot read labels without its images yet; "
-                            "prepare it and pass the prepared folder as --labels")
+            raise UserError(
+                f"dataset {dataset!r} cannot read labels without its images yet; "
+                "prepare it and pass the prepared folder as --labels"
+            )
         table = spec.read_labels(source)
         findings = [c for c in table.columns if c not in _META and table[c].dtype.kind == "f"]
     table["key"] = image_key(table["image_id"])
@@ -69,8 +78,18 @@ def load_labels(source: str | Path, *, dataset: str | None = None) -> LabelSourc
     return LabelSource(table=table, findings=list(findings), origin=str(source))
 
 
-_META = {"image_id", "path", "patient_id", "study_id", "view", "sex", "age", "split",
-         "cache_index", "key"}
+_META = {
+    "image_id",
+    "path",
+    "patient_id",
+    "study_id",
+    "view",
+    "sex",
+    "age",
+    "split",
+    "cache_index",
+    "key",
+}
 
 
 def match_columns(columns: list[str], findings: list[str], *, where: str) -> dict[str, str]:
@@ -80,13 +99,15 @@ def match_columns(columns: list[str], findings: list[str], *, where: str) -> dic
         name = col.strip()
         for prefix in PREFIXES:
             if name.lower().startswith(prefix):
-                name = name[len(prefix):]
+                name = name[len(prefix) :]
                 break
         by_norm.setdefault(_norm(name), col)
     found = {f: by_norm[_norm(f)] for f in findings if _norm(f) in by_norm}
     if not found:
-        raise UserError(f"{where} has no column for any of the findings "
-                        f"{', '.join(findings)}; columns: {', '.join(columns)}")
+        raise UserError(
+            f"{where} has no column for any of the findings "
+            f"{', '.join(findings)}; columns: {', '.join(columns)}"
+        )
     return found
 
 
@@ -116,13 +137,20 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
         table = table[table[lower["status"]].astype(str) == "ok"]
     table = table.assign(key=image_key(table[key_col]))
     if table["key"].duplicated().any():
-        raise UserError(f"{path}: image {table.loc[table['key'].duplicated(), 'key'].iloc[0]!r} "
-                        "has two rows")
+        raise UserError(
+            f"{path}: image {table.loc[table['key'].duplicated(), 'key'].iloc[0]!r} has two rows"
+        )
     return table
 
 
-def match(predictions: pd.DataFrame, labels: LabelSource, *, where: str,
-          findings: list[str] | None = None, known: set[str] | None = None) -> Matched:
+def match(
+    predictions: pd.DataFrame,
+    labels: LabelSource,
+    *,
+    where: str,
+    findings: list[str] | None = None,
+    known: set[str] | None = None,
+) -> Matched:
     """Align predictions with labels on the image key; count the images only one side has.
 
     ``known``: every labelled key (all splits) when ``labels`` is one split of them, so that a
@@ -130,13 +158,15 @@ def match(predictions: pd.DataFrame, labels: LabelSource, *, where: str,
     wanted = findings or labels.findings
     columns = match_columns([c for c in predictions.columns if c != "key"], wanted, where=where)
     names = [f for f in wanted if f in columns]
-    joined = labels.table.merge(predictions[["key", *columns.values()]], on="key", how="inner",
-                                suffixes=("", "__pred"))
+    joined = labels.table.merge(
+        predictions[["key", *columns.values()]], on="key", how="inner", suffixes=("", "__pred")
+    )
     pred_only = sorted(set(predictions["key"]) - (known or set(labels.table["key"])))
     label_only = len(labels.table) - len(joined)
     if joined.empty:
-        raise UserError(f"no image of {where} is in the labels ({labels.origin}); "
-                        f"e.g. {pred_only[:3]}")
+        raise UserError(
+            f"no image of {where} is in the labels ({labels.origin}); e.g. {pred_only[:3]}"
+        )
     score_cols = [columns[f] + ("__pred" if columns[f] in labels.table else "") for f in names]
     y_score = joined[score_cols].to_numpy(np.float64)
     if np.isnan(y_score).any():
@@ -147,6 +177,9 @@ def match(predictions: pd.DataFrame, labels: LabelSource, *, where: str,
         y_true=joined[names].to_numpy(np.float64),
         y_score=y_score,
         labels=joined,
-        missing={"in_predictions_only": len(pred_only), "in_labels_only": int(label_only),
-                 "examples": pred_only[:5]},
+        missing={
+            "in_predictions_only": len(pred_only),
+            "in_labels_only": int(label_only),
+            "examples": pred_only[:5],
+        },
     )

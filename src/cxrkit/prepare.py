@@ -94,7 +94,8 @@ def prepare(
     """Prepare ``root`` (a raw ``dataset`` folder) into ``out``; returns the loaded manifest.
 
     ``clahe`` bakes contrast-limited adaptive histogram equalisation into the cache (models
-    trained on it apply the same at inference). ``options`` are the dataset's own options (see its :class:`~cxrkit.datasets.Option` list).
+    trained on it apply the same at inference). ``options`` are the dataset's own options
+    (see its :class:`~cxrkit.datasets.Option` list).
     An interrupted prepare resumes its cache when run again with the same arguments.
     Unreadable images are left out of the manifest and listed in ``failed_images.csv``.
     """

@@ -38,7 +38,7 @@ class Clahe:
         try:
             return cls(**value)
         except TypeError:
-            raise UserError(f"bad CLAHE settings {value!r}; expected clip_limit and tiles") from None
+            raise UserError(f"bad CLAHE settings {value!r}; expected clip_limit, tiles") from None
 
 
 def prepare_image(pixels: np.ndarray, size: int, clahe: Clahe | None = None) -> np.ndarray:

@@ -60,11 +60,13 @@ def check_method(method: str) -> None:
                 return
         except ValueError:
             pass
-        raise UserError(f"threshold method {method!r}: the target must be a number in (0, 1], "
-                        f"e.g. {kind}:0.9")
+        raise UserError(
+            f"threshold method {method!r}: the target must be a number in (0, 1], e.g. {kind}:0.9"
+        )
     if method not in _OBJECTIVES:
-        raise did_you_mean(method, [*_OBJECTIVES, "sensitivity:0.9", "specificity:0.9"],
-                           what="threshold method")
+        raise did_you_mean(
+            method, [*_OBJECTIVES, "sensitivity:0.9", "specificity:0.9"], what="threshold method"
+        )
 
 
 def tune_thresholds(

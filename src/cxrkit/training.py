@@ -64,8 +64,11 @@ class CXRModule(L.LightningModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         size = self.config.data.image_size
-        if self.trainer is not None and self.trainer.training and augment_on_device(
-                self.config.augment, images.device):
+        if (
+            self.trainer is not None
+            and self.trainer.training
+            and augment_on_device(self.config.augment, images.device)
+        ):
             x = train_transform(images, size, self.mean, self.std, self.config.augment)
         else:
             x = eval_transform(images, size, self.mean, self.std)

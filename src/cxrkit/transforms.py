@@ -30,7 +30,9 @@ def to_unit(images: torch.Tensor, size: int) -> torch.Tensor:
     """``(N, 1, S, S)`` uint8 -> ``(N, 1, size, size)`` float in [0, 1] (antialiased)."""
     x = images.float().div_(255.0)
     if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
     return x
 
 
@@ -55,8 +57,9 @@ def sample_geometry(
     ratio = np.exp(rng.uniform(math.log(cfg.ratio[0]), math.log(cfg.ratio[1]), n))
     w = np.minimum(np.sqrt(area * ratio), 1.0) * src
     h = np.minimum(np.sqrt(area / ratio), 1.0) * src
-    cx = src / 2 + rng.uniform(-1, 1, n) * (src - w) / 2 + rng.uniform(-1, 1, n) * cfg.translate * src
-    cy = src / 2 + rng.uniform(-1, 1, n) * (src - h) / 2 + rng.uniform(-1, 1, n) * cfg.translate * src
+    shift = cfg.translate * src
+    cx = src / 2 + rng.uniform(-1, 1, n) * (src - w) / 2 + rng.uniform(-1, 1, n) * shift
+    cy = src / 2 + rng.uniform(-1, 1, n) * (src - h) / 2 + rng.uniform(-1, 1, n) * shift
     angle = np.deg2rad(rng.uniform(-cfg.rotate_deg, cfg.rotate_deg, n))
     sx, sy = w / dst, h / dst
     if cfg.hflip:
@@ -70,8 +73,13 @@ def sample_geometry(
 
 def sample_jitter(n: int, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """``(n, 2)``: contrast factor around the image mean, and brightness shift in [0, 1] units."""
-    return np.stack([rng.uniform(1 - cfg.contrast, 1 + cfg.contrast, n),
-                     rng.uniform(-cfg.brightness, cfg.brightness, n)], axis=1)
+    return np.stack(
+        [
+            rng.uniform(1 - cfg.contrast, 1 + cfg.contrast, n),
+            rng.uniform(-cfg.brightness, cfg.brightness, n),
+        ],
+        axis=1,
+    )
 
 
 def augment_uint8(
@@ -86,9 +94,15 @@ def augment_uint8(
     out = np.empty((n, size, size), dtype=np.uint8)
     levels = np.arange(256, dtype=np.float32)
     for i in range(n):
-        cv2.warpAffine(images[i], maps[i].astype(np.float32), (size, size), dst=out[i],
-                       flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        cv2.warpAffine(
+            images[i],
+            maps[i].astype(np.float32),
+            (size, size),
+            dst=out[i],
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=0,
+        )
         contrast, brightness = jitter[i]
         if contrast != 1.0 or brightness != 0.0:
             mean = float(out[i].mean())
@@ -114,8 +128,9 @@ def train_transform(
     t = (maps[:, :, 2] * 2 + maps[:, :, :2].sum(axis=2) * size) / src - 1
     theta = torch.as_tensor(np.concatenate([a, t[:, :, None]], 2), dtype=torch.float32)
     grid = F.affine_grid(theta.to(device), [n, 1, size, size], align_corners=False)
-    x = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros",
-                      align_corners=False).div_(255.0)
+    x = F.grid_sample(
+        images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    ).div_(255.0)
     jitter = torch.as_tensor(sample_jitter(n, cfg, rng), dtype=torch.float32, device=device)
     contrast, brightness = jitter[:, 0].view(n, 1, 1, 1), jitter[:, 1].view(n, 1, 1, 1)
     centre = x.mean(dim=(1, 2, 3), keepdim=True)
