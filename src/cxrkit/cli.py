@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cxrkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cpus = os.cpu_count() or 1
+    decode_workers = max(0, min(4, cpus - 2))
 
     def add(
         name: str, fn: Callable[[argparse.Namespace], int], help_: str
@@ -222,8 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="decoding processes running beside the model (default 1; 0 = none)",
+        default=decode_workers,
+        help="decoding processes beside the model (default: cores - 2, at most 4; 0 = decode "
+        f"in the main process, the faster choice on 2 cores; here {decode_workers})",
     )
     s.add_argument(
         "--precision",
@@ -341,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--backbone", default="densenet121")
     b.add_argument("--input-size", type=int, default=224)
     b.add_argument("--batch-size", type=int, default=16)
-    b.add_argument("--workers", type=int, default=1, help="decoding processes")
+    b.add_argument("--workers", type=int, default=decode_workers, help="decoding processes")
     b.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
 
     s = add("demo", cmd_demo, "synth -> prepare -> train -> eval -> infer -> cam, offline on CPU")

@@ -91,7 +91,7 @@ def run_demo(
     test_paths = [Path(p) for p in manifest.rows("test")["path"]]
     _step(
         "infer",
-        lambda: write_predictions(predictor, test_paths, out / "predictions.csv", workers=1),
+        lambda: write_predictions(predictor, test_paths, out / "predictions.csv"),
         timings,
     )
     overlays = _step(
