@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cxrkit.datasets import get_dataset
+from cxrkit.datasets import BASE_COLUMNS, get_dataset
 from cxrkit.errors import UserError
 from cxrkit.manifest import HEADER_NAME, load_manifest
 
@@ -78,18 +78,7 @@ def load_labels(source: str | Path, *, dataset: str | None = None) -> LabelSourc
     return LabelSource(table=table, findings=list(findings), origin=str(source))
 
 
-_META = {
-    "image_id",
-    "path",
-    "patient_id",
-    "study_id",
-    "view",
-    "sex",
-    "age",
-    "split",
-    "cache_index",
-    "key",
-}
+_META = {*BASE_COLUMNS, "split", "cache_index", "key"}
 
 
 def match_columns(columns: list[str], findings: list[str], *, where: str) -> dict[str, str]:
