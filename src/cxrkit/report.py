@@ -50,39 +50,7 @@ SECTIONS = {
 }
 RATE_LABELS = {"sens": "Sens@Spec", "spec": "Spec@Sens"}
 NA = '<span class="na">n/a</span>'
-CSS = """
-:root{--fg:#1f2933;--muted:#6b7280;--line:#e3e6ea;--zebra:#f7f8fa;--head:#eef1f5;--accent:#1f5fa8}
-*{box-sizing:border-box} .scroll{overflow-x:auto} .na{color:#a0a7b1} h1{font-size:26px;margin:0}
-body{margin:0;color:var(--fg);font:14px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
-main{max-width:1360px;margin:0 auto;padding:28px 24px 48px} h3{font-size:15px;margin:18px 0 6px}
-h2{font-size:19px;margin:36px 0 10px;padding-bottom:4px;border-bottom:2px solid var(--line)}
-.disclaimer{border-left:5px solid #b45309;background:#fff7ed;padding:10px 14px;margin:16px 0}
-.meta{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:10px 24px}
-.meta dt{color:var(--muted);font-size:11px;text-transform:uppercase;letter-spacing:.05em}
-.meta dd{margin:0;font-weight:600;overflow-wrap:anywhere} nav{margin:14px 0 0;line-height:2.2}
-nav a{color:var(--accent);text-decoration:none;border:1px solid var(--line);border-radius:14px;
- padding:2px 10px;margin-right:4px;font-size:13px;white-space:nowrap}
-table{border-collapse:collapse;font-size:13px;margin:6px 0 4px;font-variant-numeric:tabular-nums}
-th,td{padding:5px 6px;border-bottom:1px solid var(--line);vertical-align:top;text-align:right}
-th{background:var(--head);font-weight:600;vertical-align:bottom}
-td{white-space:nowrap} th.t,td.t{text-align:left} tbody tr:nth-child(even){background:var(--zebra)}
-tr.agg td{background:#eaf1fa;font-weight:600} tr.agg.first td{border-top:2px solid #b9c6d6}
-tr.gap-low td{background:#fdecea} tr.gap-high td{background:#e7f4ea}
-.ci{display:block;font-size:10.5px;color:var(--muted);font-weight:400}
-.tag{display:inline-block;font-size:11px;padding:0 6px;border-radius:8px;margin-left:6px;
- background:#e5e7eb;color:#374151;font-weight:600}
-.tag.low{background:#f8c9c3;color:#8a1c10} .tag.high{background:#c4e6cc;color:#1d5e2c}
-.bar{display:inline-block;width:110px;height:8px;background:#e5e7eb;border-radius:4px;
- margin-right:8px;vertical-align:middle;overflow:hidden} .bar span{display:block;height:100%;
- background:var(--accent)} .note,figcaption{color:var(--muted);font-size:13px;margin:4px 0}
-figure{margin:8px 0} figure img{max-width:100%;border:1px solid var(--line);border-radius:4px}
-ul.warnings{padding:0} ul.warnings li{background:#fffbeb;border-left:4px solid #d97706;
- padding:4px 10px;margin:4px 0;list-style:none;overflow-wrap:anywhere}
-details{border:1px solid var(--line);border-radius:4px;margin:8px 0;padding:6px 12px}
-summary{cursor:pointer;font-weight:600} pre{background:#f6f8fa;padding:10px;overflow:auto;
- font-size:12px;max-height:480px} footer{color:var(--muted);font-size:12px;margin-top:40px;
- border-top:1px solid var(--line);padding-top:8px}
-"""
+CSS = (Path(__file__).parent / "report.css").read_text()
 
 
 def write_report(
