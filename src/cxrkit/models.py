@@ -33,11 +33,6 @@ CAM_LAYERS: dict[str, str] = {
 }
 
 
-def list_backbones(pattern: str = "*") -> list[str]:
-    """timm model names matching ``pattern`` (e.g. ``"densenet*"``)."""
-    return timm.list_models(pattern)
-
-
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
