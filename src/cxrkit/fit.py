@@ -134,9 +134,8 @@ def fit(
         )
     card = new_card(config, findings, training_data, caches[0].size)
     card["normalization"]["clahe"] = manifests[0].header["cache"].get("clahe")
-    module = CXRModule(config, card, pos, neg)
-    accelerator = "cuda" if uses_cuda(config) else "cpu"
-    on_loader = not augment_on_device(config.augment, accelerator)
+    on_loader = not augment_on_device(config.augment, "cuda" if uses_cuda(config) else "cpu")
+    module = CXRModule(config, card, pos, neg, augment_in_loader=on_loader)
     loaders = [
         make_loader(
             split.batches(caches, (config.augment, config.data.image_size) if aug else None),
@@ -193,7 +192,7 @@ def fit(
         run=out,
         best=best,
         last=out / "checkpoints" / "last.ckpt",
-        best_score=float(checkpoint.best_model_score or float("nan")),
+        best_score=_score(checkpoint.best_model_score),
         epochs=int(trainer.current_epoch),
         seconds=seconds,
     )

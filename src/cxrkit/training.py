@@ -32,9 +32,21 @@ MONITOR = "val_macro_auroc"
 class CXRModule(L.LightningModule):
     """The model, its loss and its optimiser; the card travels in every checkpoint."""
 
-    def __init__(self, config: TrainConfig, card: dict[str, Any], pos: np.ndarray, neg: np.ndarray):
+    def __init__(
+        self,
+        config: TrainConfig,
+        card: dict[str, Any],
+        pos: np.ndarray,
+        neg: np.ndarray,
+        *,
+        augment_in_loader: bool = False,
+    ):
+        """``augment_in_loader``: the training loader already augments (OpenCV, uint8), so
+        training batches are only resized and normalised here; otherwise they are augmented
+        here, on the device (see :func:`augment_on_device`)."""
         super().__init__()
         self.config = config
+        self.augment_in_loader = augment_in_loader
         self.card = card
         self.model = create_model(
             config.model.backbone,
@@ -64,11 +76,7 @@ class CXRModule(L.LightningModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
         size = self.config.data.image_size
-        if (
-            self.trainer is not None
-            and self.trainer.training
-            and augment_on_device(self.config.augment, images.device)
-        ):
+        if self.trainer is not None and self.trainer.training and not self.augment_in_loader:
             x = train_transform(images, size, self.mean, self.std, self.config.augment)
         else:
             x = eval_transform(images, size, self.mean, self.std)
