@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxrkit import models
+from cxrkit import checkpoint, models
 from cxrkit.config import AugmentConfig
 from cxrkit.errors import UserError
 from cxrkit.models import cam_target_layer, create_model, input_normalization
@@ -109,6 +109,27 @@ def test_backbones_give_logits_and_a_spatial_cam_layer(backbone: str) -> None:
     assert seen and seen[0].ndim == 4 and seen[0].shape[-1] > 1
     mean, std = input_normalization(model)
     assert 0.3 < mean < 0.6 and 0.1 < std < 0.6
+
+
+def test_output_stride_refines_the_cam_layer_and_travels_in_the_card() -> None:
+    def cam_grid(model: torch.nn.Module) -> tuple[int, int]:
+        seen: list[torch.Tensor] = []
+        layer = cam_target_layer(model, "resnet10t")
+        handle = layer.register_forward_hook(lambda m, i, o: seen.append(o))
+        model.eval()(torch.zeros(1, 1, 128, 128))
+        handle.remove()
+        return tuple(seen[0].shape[-2:])
+
+    plain = create_model("resnet10t", 3)
+    assert cam_grid(plain) == (4, 4)
+    assert cam_grid(create_model("resnet10t", 3, output_stride=16)) == (8, 8)
+    card = {"backbone": "resnet10t", "findings": ["a", "b", "c"], "output_stride": 8}
+    rebuilt = checkpoint._build(card, plain.state_dict(), "test")
+    assert cam_grid(rebuilt) == (16, 16)
+    with pytest.raises(UserError, match="does not support model.output_stride=8"):
+        create_model("densenet121", 3, output_stride=8)
+    with pytest.raises(UserError, match="must be 32, 16 or 8"):
+        create_model("resnet10t", 3, output_stride=4)
 
 
 def test_unknown_backbone_suggests_names() -> None:

@@ -1,11 +1,12 @@
 """``cxrkit demo``: the whole flow on phantom data, offline, on a CPU, in a few minutes.
 
-synth -> prepare -> train -> eval -> infer -> cam, each step the same library call the
-corresponding subcommand makes, writing into one folder::
+synth -> prepare -> train -> eval -> infer -> cam -> localise, each step the same library call
+the corresponding subcommand makes, writing into one folder::
 
     OUT/phantom/      the phantom dataset (NIH layout)      OUT/prepared/  manifest + cache
     OUT/run/          run folder, checkpoints/best.ckpt     OUT/eval/      metrics.json
     OUT/predictions.csv                                      OUT/cam/       Grad-CAM overlays
+    OUT/localization/ Grad-CAM pointing game and IoU on the test split's boxes
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from cxrkit import localization as loc
 from cxrkit.config import load_config
 from cxrkit.errors import UserError
 from cxrkit.eval_runs import EvalOptions, evaluate_checkpoint
@@ -97,6 +99,7 @@ def run_demo(
     overlays = _step(
         "cam", lambda: _cams(predictor, out, evaluated.out / "predictions_test.csv", n_cam), timings
     )
+    located = _step("localise", lambda: _localise(predictor, out), timings)
     total = time.perf_counter() - t0
     metrics = evaluated.metrics
     print(
@@ -105,6 +108,7 @@ def run_demo(
         "temperature calibration fitted on val):\n"
     )
     print(format_table(metrics))
+    print(f"\nGrad-CAM localisation on the test split's boxes:\n{located}")
     print(
         f"\nreport:       {evaluated.out / 'report.html'}\n"
         f"metrics:      {evaluated.metrics_file}\npredictions:  {out / 'predictions.csv'}\n"
@@ -118,6 +122,22 @@ def run_demo(
         + f"; total {total:.0f} s"
     )
     return metrics
+
+
+def _localise(predictor: Predictor, out: Path) -> str:
+    """Grad-CAM pointing game and top-10% IoU against the phantom's boxes on the test split
+    (``cxrkit cam --evaluate``), written to ``out/localization``; returns the table."""
+    phantom = out / "phantom"
+    result = loc.evaluate_localization(
+        predictor,
+        loc.read_boxes(phantom / "BBox_List_2017.csv"),
+        phantom / "images",
+        image_ids=loc.read_image_list(phantom / "test_list.txt"),
+        progress=False,
+    )
+    settings = {"boxes": str(phantom / "BBox_List_2017.csv"), "split": "test"}
+    loc.write_localization(result, out / "localization", {**settings, "top_percent": 10.0})
+    return loc.format_table(result, 10.0)
 
 
 def _cams(predictor: Predictor, out: Path, predictions_csv: Path, n: int) -> list[Path]:

@@ -8,14 +8,17 @@ except for Vision Transformers (any model with ``patch_embed``, ``blocks`` and
 ``num_prefix_tokens``, e.g. timm's ``vit_*`` and ``deit_*``): the input of the last block's
 attention, ``blocks[-1].norm1``, with its tokens ``(B, N, C)`` reshaped to ``(B, C, H, W)``.
 
-The heatmap is computed on the model input, then mapped back through the letterbox to the
-original image's pixels, so the overlay lines up with the image at its own resolution. Hooks
+The heatmap is computed on the target layer's grid, upsampled bicubically with each cell placed
+at its receptive field's measured centre (:mod:`cxrkit.cam_grid`), then mapped back through the
+letterbox to the original image's pixels, so the overlay lines up with the image at its own
+resolution. Hooks
 are removed when each computation ends, whether it succeeds or fails.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 from tqdm import tqdm
 
+from cxrkit.cam_grid import CellCentres, cell_centres, place_grid
 from cxrkit.errors import UserError, did_you_mean
 from cxrkit.infer_run import resolve_sources
 from cxrkit.inference import Predictor
@@ -141,17 +145,36 @@ def heatmaps(
                 raise did_you_mean(name, [*findings, "positive", "all"], what="CAM target")
         chosen = [findings.index(name) for name in names]
     x = predictor.model_input(letterboxed)
+    centres = grid_centres(predictor)
     results = []
     with open_cam(predictor.model, predictor.card["backbone"], method) as cam:
+        cam.get_target_width_height = lambda _x: None  # keep the layer's grid (see cam_grid)
         for j in chosen:
-            grayscale = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(j))])[0]
-            heat = to_original(grayscale, pixels.shape, predictor.letterbox_size)
+            grid = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(j))])[0]
+            square = place_grid(grid, predictor.letterbox_size, predictor.input_size, centres)
+            heat = to_original(square, pixels.shape, predictor.letterbox_size)
             results.append(CamResult(findings[j], float(probs[j]), heat))
     return results
 
 
+_CENTRES: weakref.WeakKeyDictionary[nn.Module, CellCentres | None] = weakref.WeakKeyDictionary()
+
+
+def grid_centres(predictor: Predictor) -> CellCentres | None:
+    """The measured cell centres of the predictor's CNN target layer (once per model); None
+    for transformers, whose patch grid follows the half-pixel convention exactly."""
+    model = predictor.model
+    if model not in _CENTRES:
+        layer, reshape = target_layer(model, predictor.card["backbone"])
+        _CENTRES[model] = (
+            None if reshape is not None else cell_centres(model, layer, predictor.input_size)
+        )
+    return _CENTRES[model]
+
+
 def to_original(heatmap: np.ndarray, shape: tuple[int, int], letterbox_size: int) -> np.ndarray:
-    """Map a model-input heatmap ``(S, S)`` to the original ``(H, W)`` via the letterbox."""
+    """Map a heatmap over the letterboxed square (any size; ``(L, L)`` from
+    :func:`cxrkit.cam_grid.place_grid`) to the original ``(H, W)``, cropping the padding."""
     h, w = shape
     geo = letterbox_geometry(h, w, letterbox_size)
     square = cv2.resize(

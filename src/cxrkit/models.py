@@ -14,6 +14,7 @@ import contextlib
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
@@ -60,15 +61,36 @@ def create_model(
     *,
     pretrained: bool = False,
     drop_rate: float = 0.0,
+    output_stride: int = 32,
 ) -> nn.Module:
     """A timm ``backbone`` with a new ``num_classes`` head and a one-channel stem.
+
+    ``output_stride`` 16 or 8 dilates the last stage(s) instead of striding them (same weights,
+    a 2x or 4x finer last feature map, so finer class-activation maps); 32 is the default.
 
     Raises a UserError listing the closest names for an unknown backbone, and one explaining
     what to do when pretrained weights cannot be fetched (no network, nothing cached).
     """
     if backbone not in timm.list_models(pretrained=False):
         raise did_you_mean(backbone, timm.list_models(), what="backbone")
-    kwargs = {"num_classes": num_classes, "in_chans": 1, "drop_rate": drop_rate}
+    kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": 1, "drop_rate": drop_rate}
+    if output_stride != 32:
+        if output_stride not in (8, 16):
+            raise UserError(f"model.output_stride must be 32, 16 or 8, got {output_stride}")
+        kwargs["output_stride"] = output_stride
+    try:
+        return _create(backbone, pretrained, kwargs)
+    except TypeError as err:
+        if "output_stride" not in str(err):
+            raise
+        raise UserError(
+            f"backbone {backbone!r} does not support model.output_stride={output_stride}; "
+            "leave it at 32 or pick a ResNet/ConvNeXt/EfficientNet-style timm model"
+        ) from None
+
+
+def _create(backbone: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    """timm.create_model, with an actionable error when pretrained weights are unavailable."""
     if not pretrained:
         return timm.create_model(backbone, pretrained=False, **kwargs)
     online = _hub_reachable()
