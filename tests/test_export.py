@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cxrkit.backends import OnnxBackend
+from cxrkit.bench_infer import bench_infer
 from cxrkit.checkpoint import file_sha256, load_model
 from cxrkit.cli import main
 from cxrkit.errors import UserError
@@ -98,6 +99,16 @@ def test_quantized_export_reports_the_auroc_change(bundle: Path, prepared: Path)
     assert probs.shape == (4, len(load_model(bundle).findings))
 
 
+def test_auto_backend_runs_a_bundles_onnx_on_cpu(bundle: Path, ckpt: Path, tmp_path: Path) -> None:
+    assert Predictor.from_checkpoint(bundle, precision="fp32").backend_name == "onnx"
+    assert Predictor.from_checkpoint(bundle, precision="bf16").backend_name == "torch"
+    assert Predictor.from_checkpoint(ckpt, precision="fp32").backend_name == "torch"
+    plain = tmp_path / "plain"
+    export_bundle(ckpt, plain, onnx=False)
+    assert Predictor.from_checkpoint(plain, precision="fp32").backend_name == "torch"
+    assert isinstance(Predictor.from_checkpoint(bundle, precision="fp32").backend, OnnxBackend)
+
+
 def test_bad_bundles_are_clear_errors(bundle: Path, ckpt: Path, tmp_path: Path) -> None:
     tampered = tmp_path / "tampered"
     shutil.copytree(bundle, tampered)
@@ -134,3 +145,21 @@ def test_export_options_and_cli(bundle: Path, ckpt: Path, prepared: Path, tmp_pa
     csv = tmp_path / "pred.csv"
     argv = f"infer --checkpoint {bundle} --source {image} --out {csv} --backend onnx --workers 0"
     assert main(argv.split()) == 0 and csv.is_file()
+
+
+def test_bench_infer_times_each_backend_and_the_one_infer_uses(
+    bundle: Path, ckpt: Path, prepared: Path, tmp_path: Path
+) -> None:
+    images = tmp_path / "imgs"
+    images.mkdir()
+    for p in load_manifest(prepared).rows("test")["path"].iloc[:5]:
+        shutil.copy(p, images)
+    result = bench_infer(images, checkpoint=bundle, batch_size=2, precision="fp32", repeat=1)
+    assert set(result.model) == {"torch-fp32", "torch-bf16", "onnx"}
+    assert result.backend == "onnx" and result.n_images == 5
+    assert all(v > 0 for v in result.model.values()) and result.end_to_end > 0
+    assert "end to end (5 images, onnx)" in "\n".join(result.lines())
+    plain = bench_infer(images, checkpoint=ckpt, batch_size=2, precision="fp32", repeat=1)
+    assert set(plain.model) == {"torch-fp32", "torch-bf16"} and plain.backend == "torch-fp32"
+    stand = bench_infer(images, backbone="resnet10t", input_size=64, onnx=False, repeat=1)
+    assert "onnx" not in stand.model

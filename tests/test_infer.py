@@ -10,7 +10,13 @@ import pandas as pd
 import pytest
 
 from cxrkit.errors import UserError
-from cxrkit.infer_run import predict_paths, resolve_sources, write_predictions
+from cxrkit.infer_run import (
+    _Decode,
+    decoded_batches,
+    predict_paths,
+    resolve_sources,
+    write_predictions,
+)
 from cxrkit.inference import Predictor
 from cxrkit.manifest import load_manifest
 
@@ -54,6 +60,23 @@ def test_worker_decoding_gives_the_same_rows_in_order(
     np.testing.assert_allclose(
         np.stack([p.probs for p in workers]), np.stack([p.probs for p in here]), atol=1e-6
     )
+
+
+def test_thread_decoding_keeps_order_errors_and_batches(
+    predictor: Predictor, images: list[Path], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    paths = [*images[:3], broken, *images[3:]]
+    dataset = _Decode(paths, predictor.letterbox_size, None, ())
+    batches = list(decoded_batches(dataset, 3, workers=0))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    items = [it for b in batches for it in b]
+    assert [it.index for it in items] == list(range(len(paths)))
+    assert items[3].pixels is None and items[3].error
+    for it in items[:3]:
+        np.testing.assert_array_equal(it.pixels, dataset[it.index].pixels)
+    assert list(decoded_batches(_Decode([], 64, None, ()), 3, workers=0)) == []
 
 
 def test_resume_neither_redoes_nor_duplicates(

@@ -2,7 +2,10 @@
 
 A backend is any callable ``(N, 1, S, S)`` normalised float tensor -> ``(N, C)`` logits:
 
-* ``torch`` (default): the PyTorch module itself, on the predictor's device.
+* ``auto`` (default): ``onnx`` for a bundle that has ``model.onnx`` when running on a CPU
+  without native bf16 (onnxruntime ran DenseNet121 about 1.5x faster than PyTorch fp32 on the
+  2-core benchmark machine, docs/benchmarks.md), else ``torch``.
+* ``torch``: the PyTorch module itself, on the predictor's device.
 * ``onnx``: the bundle's ``model.onnx`` under onnxruntime's CPU provider.
 * ``onnx-int8``: the bundle's dynamically quantised ``model.int8.onnx`` (``export --quantize``).
 
@@ -27,7 +30,7 @@ Backend = Callable[[torch.Tensor], torch.Tensor]
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 ONNX_FILES = {"onnx": ONNX_FILE, "onnx-int8": INT8_FILE}
-BACKENDS = ("torch", *ONNX_FILES)
+BACKENDS = ("auto", "torch", *ONNX_FILES)
 
 
 def usable_cores() -> int:
@@ -58,6 +61,18 @@ class OnnxBackend:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.run(x.detach().float().cpu().numpy()))
+
+
+def resolve_backend(name: str, loaded: LoadedModel, device: torch.device, bf16: bool) -> str:
+    """The backend ``name`` stands for: ``auto`` becomes ``onnx`` or ``torch`` (see the module
+    docstring); any other name is returned as it is."""
+    if name != "auto":
+        return name
+    source = loaded.source
+    has_onnx = (
+        source is not None and source.is_dir() and ONNX_FILE in (loaded.card.get("files") or {})
+    )
+    return "onnx" if device.type == "cpu" and not bf16 and has_onnx else "torch"
 
 
 def create_backend(name: str, loaded: LoadedModel, model: nn.Module) -> Backend:

@@ -1,21 +1,25 @@
 """``cxrkit bench infer``: model-only and end-to-end inference images/s on this machine.
 
-Model-only: the network's forward pass on ready, normalised ``(B, 1, S, S)`` batches (fp32
-channels_last, and bf16 autocast). End-to-end: ``cxrkit infer``'s path over a folder of real
-images — decode and letterbox in a worker process, resize, normalise, forward, sigmoid —
-exactly what ``infer`` runs. With no checkpoint, an untrained backbone stands in (speed does
-not depend on the weights).
+Model-only: the network's forward pass on ready, normalised ``(B, 1, S, S)`` batches: PyTorch
+fp32 channels_last, PyTorch bf16 autocast, and onnxruntime (the bundle's ``model.onnx``; with
+no bundle, the stand-in exported to a temporary ONNX file). End-to-end: ``cxrkit infer``'s path
+over a folder of real images — decode and letterbox (background thread or worker processes),
+resize, normalise, forward, sigmoid — with the backend ``infer`` would choose. With no
+checkpoint, an untrained backbone stands in (speed does not depend on the weights).
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from cxrkit.backends import ONNX_FILE
 from cxrkit.checkpoint import LoadedModel
+from cxrkit.export import export_onnx
 from cxrkit.infer_run import predict_paths, resolve_sources
 from cxrkit.inference import Predictor
 from cxrkit.labels import NIH_FINDINGS
@@ -24,19 +28,20 @@ from cxrkit.models import create_model, input_normalization
 
 @dataclass
 class InferBench:
-    """Images/s: ``model`` per precision, ``end_to_end`` for the chosen precision."""
+    """Images/s: ``model`` per ``torch-fp32`` / ``torch-bf16`` / ``onnx``; ``end_to_end`` with
+    ``backend`` (the key of ``model`` it is compared with)."""
 
     model: dict[str, float]
     end_to_end: float
-    precision: str
+    backend: str
     n_images: int
     threads: int
 
     def lines(self) -> list[str]:
         out = [f"model only, {k}: {v:.1f} images/s" for k, v in self.model.items()]
-        ratio = self.end_to_end / self.model[self.precision]
+        ratio = self.end_to_end / self.model[self.backend]
         out.append(
-            f"end to end ({self.n_images} images, {self.precision}): "
+            f"end to end ({self.n_images} images, {self.backend}): "
             f"{self.end_to_end:.1f} images/s = {ratio:.2f} of model-only"
         )
         out.append(f"torch threads: {self.threads}")
@@ -56,6 +61,14 @@ def stand_in(backbone: str, input_size: int, letterbox_size: int) -> LoadedModel
     return LoadedModel(model=model, card=card)
 
 
+def with_onnx(loaded: LoadedModel, folder: Path) -> LoadedModel:
+    """The stand-in ``loaded`` exported to ``folder/model.onnx`` and usable by the onnx backend
+    (as a bundle would be; the file is checked against PyTorch by :func:`export_onnx`)."""
+    export_onnx(loaded.model, folder / ONNX_FILE, int(loaded.card["input_size"]))
+    card = {**loaded.card, "files": {ONNX_FILE: {}}}
+    return LoadedModel(model=loaded.model, card=card, source=folder)
+
+
 def _rate(n: int, fn, repeat: int) -> float:  # noqa: ANN001 - a plain callable
     fn()
     start = time.perf_counter()
@@ -72,28 +85,39 @@ def bench_infer(
     input_size: int = 224,
     letterbox_size: int = 256,
     batch_size: int = 16,
-    workers: int = 1,
-    precision: str = "fp32",
+    workers: int = 0,
+    precision: str = "auto",
+    onnx: bool = True,
     repeat: int = 3,
 ) -> InferBench:
-    """Measure :class:`InferBench` on the images under ``images``."""
+    """Measure :class:`InferBench` on the images under ``images``; ``onnx=False`` skips the
+    stand-in's ONNX export (about a minute) and so the onnx figures."""
     paths = resolve_sources(images)
-    loaded = (
-        Predictor.from_checkpoint(checkpoint).loaded
-        if checkpoint
-        else stand_in(backbone, input_size, letterbox_size)
-    )
-    size = int(loaded.card["input_size"])
-    x = torch.randn(batch_size, 1, size, size).contiguous(memory_format=torch.channels_last)
-    model_rates = {}
-    for name in ("fp32", "bf16"):
-        predictor = Predictor(loaded, batch_size=batch_size, precision=name)
-        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=name == "bf16"):
-            model_rates[name] = _rate(batch_size, lambda p=predictor: p.model(x), repeat)
-    predictor = Predictor(loaded, batch_size=batch_size, precision=precision)
-    list(predict_paths(predictor, paths[: batch_size * 2], workers=workers))  # warm-up
-    start = time.perf_counter()
-    for _ in predict_paths(predictor, paths, workers=workers):
-        pass
-    end_to_end = len(paths) / (time.perf_counter() - start)
-    return InferBench(model_rates, end_to_end, precision, len(paths), torch.get_num_threads())
+    with tempfile.TemporaryDirectory(prefix="cxrkit-bench-") as tmp:
+        if checkpoint:
+            loaded = Predictor.from_checkpoint(checkpoint).loaded
+        else:
+            loaded = stand_in(backbone, input_size, letterbox_size)
+            loaded = with_onnx(loaded, Path(tmp)) if onnx else loaded
+        size = int(loaded.card["input_size"])
+        x = torch.randn(batch_size, 1, size, size).contiguous(memory_format=torch.channels_last)
+        runs = {"torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16")}
+        if Predictor(loaded, precision="fp32").backend_name == "onnx":
+            runs["onnx"] = ("onnx", "fp32")
+        model_rates = {}
+        for key, (backend, prec) in runs.items():
+            p = Predictor(loaded, batch_size=batch_size, precision=prec, backend=backend)
+            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=p.bf16):
+                model_rates[key] = _rate(batch_size, lambda p=p: p.backend(x), repeat)
+        predictor = Predictor(loaded, batch_size=batch_size, precision=precision)
+        used = "onnx" if predictor.backend_name == "onnx" else f"torch-{_prec(predictor)}"
+        list(predict_paths(predictor, paths[: batch_size * 2], workers=workers))  # warm-up
+        start = time.perf_counter()
+        for _ in predict_paths(predictor, paths, workers=workers):
+            pass
+        end_to_end = len(paths) / (time.perf_counter() - start)
+    return InferBench(model_rates, end_to_end, used, len(paths), torch.get_num_threads())
+
+
+def _prec(predictor: Predictor) -> str:
+    return "bf16" if predictor.bf16 else "fp32"

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from cxrkit.backends import create_backend
+from cxrkit.backends import create_backend, resolve_backend
 from cxrkit.calibration import Calibrator
 from cxrkit.checkpoint import LoadedModel, load_model
 from cxrkit.data import CacheBatches, cache_spec, make_loader
@@ -39,7 +39,7 @@ class Predictor:
         device: str = "cpu",
         precision: str = "auto",
         tta: bool = False,
-        backend: str = "torch",
+        backend: str = "auto",
     ):
         if precision not in PRECISIONS:
             raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -50,9 +50,10 @@ class Predictor:
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.model = loaded.model.to(self.device).eval().to(memory_format=torch.channels_last)
-        self.backend = create_backend(backend, loaded, self.model)
         native = self.device.type == "cuda" or cpu_has_native_bf16()
         self.bf16 = precision == "bf16" or (precision == "auto" and native)
+        self.backend_name = resolve_backend(backend, loaded, self.device, self.bf16)
+        self.backend = create_backend(self.backend_name, loaded, self.model)
         self.tta = tta
         norm = self.card["normalization"]
         self.mean, self.std = float(norm["mean"]), float(norm["std"])
