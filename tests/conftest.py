@@ -4,9 +4,12 @@ dataset, prepared and trained once per test session."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
@@ -62,3 +65,15 @@ def trained(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run") / "run"
     fit(load_config(None, TINY_OVERRIDES), prepared, out, progress=False)
     return out
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Train with one torch thread: a subprocess started with ``OMP_NUM_THREADS=1`` does the
+    same arithmetic, and tiny models run far faster than with threads spinning for busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)

@@ -22,9 +22,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -88,7 +89,12 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
 
 def _build(card: dict[str, Any], state: dict[str, torch.Tensor], where: str | Path) -> nn.Module:
     """The card's network (no pretrained download) with ``state`` loaded; every key must match."""
-    model = create_model(card["backbone"], len(card["findings"]), pretrained=False)
+    model = create_model(
+        card["backbone"],
+        len(card["findings"]),
+        pretrained=False,
+        output_stride=card.get("output_stride", 32),
+    )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(
@@ -165,17 +171,41 @@ def load_model(path: str | Path) -> LoadedModel:
     )
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` to a temporary file in the same folder, then rename over ``path``."""
+TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files: ``.<name>.<random>.tmp``
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write`` on a temporary file in ``path``'s folder, flush it to disk, then rename
+    it over ``path``: ``path`` is always either the old file or the complete new one. A process
+    killed mid-write leaves only a ``.<name>.*.tmp`` beside it (:func:`remove_stale_temps`)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what open() would have made
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save(obj, path)`` through :func:`atomic_write`."""
+    atomic_write(path, lambda fh: torch.save(obj, fh))
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed :func:`atomic_torch_save` calls left in
+    ``folder``; returns them."""
+    stale = sorted(Path(folder).glob(f".*{TEMP_SUFFIX}"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
 
 
 def update_card(path: str | Path, **changes: Any) -> dict[str, Any]:
