@@ -21,7 +21,9 @@ class ModelConfig:
     backbone: str = "densenet121"  # any timm model name
     pretrained: bool = True  # ImageNet weights (needs network or a local timm/HF cache)
     drop_rate: float = 0.0
+    output_stride: int = 32  # 16 or 8: dilate the last stage(s) for finer CAMs (ResNets etc.)
     channels_last: bool = True
+    compile: bool = False  # torch.compile the network (first steps slower; faster after)
 
 
 @dataclass
@@ -31,6 +33,8 @@ class DataConfig:
     num_workers: int = 2
     findings: list[str] | None = None  # None: every manifest finding with train positives
     combine: str = "union"  # several --data: union or intersection of their findings
+    sampler: str = "random"  # random | weighted (rare findings drawn more often, see data.py)
+    pin_memory: bool | None = None  # page-locked batches; None: when CUDA is available
 
 
 @dataclass
@@ -47,10 +51,13 @@ class AugmentConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "bce"  # bce | focal | class_balanced
+    name: str = "bce"  # bce | focal | class_balanced | asymmetric
     pos_weight: str | None = None  # None | "auto" (negatives/positives per class, clipped)
     focal_gamma: float = 2.0
     cb_beta: float = 0.999
+    asl_gamma_neg: float = 4.0  # asymmetric loss (Ridnik et al. 2021): focusing on negatives
+    asl_gamma_pos: float = 0.0  # ... on positives
+    asl_clip: float = 0.05  # probability margin m shifted off easy negatives
 
 
 @dataclass
@@ -65,12 +72,15 @@ class OptimConfig:
 class TrainerConfig:
     max_epochs: int = 20
     accelerator: str = "auto"
-    devices: Any = "auto"
+    devices: Any = "auto"  # auto, a count (2) or a list of device ids ([0, 1])
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ... (Lightning's); see docs/training.md
+    num_nodes: int = 1  # machines taking part in DDP
     precision: str = "auto"  # auto: bf16-mixed on CUDA with bf16, 16-mixed on CUDA, else 32
     patience: int = 5  # early stopping on validation macro AUROC; 0 = off
     deterministic: bool = False
     log_every_n_steps: int = 10
     limit_train_batches: float = 1.0
+    checkpoint_every_n_steps: int = 1000  # also write last.ckpt every N steps (0: epoch ends)
 
 
 @dataclass
@@ -82,6 +92,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: str = "tensorboard"  # tensorboard | mlflow | none (RUN/epochs.csv is always written)
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -99,6 +110,9 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             if dataclasses.is_dataclass(nested):
                 kwargs[key] = _build(type(nested), value, f"{where}{key}.")
                 continue
+        if spec.type in ("Any", Any):  # e.g. trainer.devices: "auto", 2 or [0, 1]
+            kwargs[key] = value
+            continue
         kwargs[key] = _check_type(value, spec.default, f"{where}{key}")
     return cls(**kwargs)
 

@@ -65,6 +65,51 @@ class FocalLoss(nn.Module):
         return _masked_mean((1 - p_t) ** self.gamma * bce, mask)
 
 
+_TINY = 1e-12  # floor of the focusing bases: finite gradients for exponents below 1
+
+
+class AsymmetricLoss(nn.Module):
+    """Asymmetric loss (ASL, Ridnik et al., ICCV 2021), masked.
+
+    With ``p = sigmoid(logit)`` and the shifted probability ``p_m = max(p - clip, 0)``::
+
+        positive (y = 1):  -(1 - p)^gamma_pos * log(p)
+        negative (y = 0):  -p_m^gamma_neg * log(1 - p_m)
+
+    averaged over labelled entries. ``gamma_neg > gamma_pos`` down-weights the many easy
+    negatives of a multilabel problem; ``clip`` discards negatives with ``p <= clip`` entirely
+    (and lowers the weight of possibly mislabelled negatives). ``gamma_neg = gamma_pos =
+    clip = 0`` is exactly masked BCE. The focusing weights carry gradients, as in the paper.
+    """
+
+    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05):
+        super().__init__()
+        if gamma_neg < 0 or gamma_pos < 0 or not 0 <= clip < 1:
+            raise UserError(
+                "asymmetric loss needs asl_gamma_neg >= 0, asl_gamma_pos >= 0 and "
+                f"0 <= asl_clip < 1; got {gamma_neg}, {gamma_pos}, {clip}"
+            )
+        self.gamma_neg, self.gamma_pos, self.clip = gamma_neg, gamma_pos, clip
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``(N, C)`` logits and 1 / 0 / NaN labels -> scalar loss."""
+        mask = ~torch.isnan(labels)
+        target = torch.nan_to_num(labels, nan=0.0)
+        logits = logits.float()
+        p = torch.sigmoid(logits)
+        pos_term = F.softplus(-logits)  # -log(p), stable
+        if self.gamma_pos > 0:
+            pos_term = (1 - p).clamp(min=_TINY) ** self.gamma_pos * pos_term
+        if self.clip > 0:
+            p_neg = (p - self.clip).clamp(min=0)
+            neg_term = -torch.log1p(-p_neg)  # 1 - p_neg >= clip > 0: finite
+        else:
+            p_neg, neg_term = p, F.softplus(logits)  # -log(1 - p), stable
+        if self.gamma_neg > 0:
+            neg_term = p_neg.clamp(min=_TINY) ** self.gamma_neg * neg_term
+        return _masked_mean(target * pos_term + (1 - target) * neg_term, mask)
+
+
 def auto_pos_weight(pos: np.ndarray, neg: np.ndarray, *, max_weight: float = 50.0) -> np.ndarray:
     """``neg / pos`` per class, clipped to ``[1, max_weight]`` (1 where there are no positives)."""
     ratio = np.divide(neg, pos, out=np.ones_like(neg, dtype=np.float64), where=pos > 0)
@@ -105,6 +150,9 @@ LOSSES: dict[str, LossFactory] = {
     "bce": _bce,
     "focal": lambda cfg, pos, neg: FocalLoss(cfg.focal_gamma),
     "class_balanced": _class_balanced,
+    "asymmetric": lambda cfg, pos, neg: AsymmetricLoss(
+        cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip
+    ),
 }
 
 

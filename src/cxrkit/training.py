@@ -3,12 +3,15 @@
 The loader yields uint8 batches from the cache; augmentation and normalisation run on the
 batch after it reaches the device. Validation gathers the logits of the whole validation set
 (across ranks under DDP) before computing AUROC, so the monitored figure is the true
-validation macro AUROC, not a per-shard one.
+validation macro AUROC, not a per-shard one: each rank validates a contiguous, unpadded block
+of the split (:class:`cxrkit.data.RowBatches`), and :meth:`CXRModule.gather_rows` collects
+blocks of unequal length, so every validation image counts exactly once.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Any
 
@@ -53,6 +56,7 @@ class CXRModule(L.LightningModule):
             len(card["findings"]),
             pretrained=config.model.pretrained,
             drop_rate=config.model.drop_rate,
+            output_stride=config.model.output_stride,
         )
         self.mean, self.std = input_normalization(self.model)
         card["normalization"] = {
@@ -63,6 +67,8 @@ class CXRModule(L.LightningModule):
         }
         if config.model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if config.model.compile:  # in place: the state_dict keys stay those of the model
+            self.model.compile()
         self.loss = create_loss(config.loss, pos, neg)
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
@@ -72,6 +78,12 @@ class CXRModule(L.LightningModule):
         if self.config.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
+
+    def setup(self, stage: str) -> None:
+        """Under DDP, reseed each rank so that augmentation draws differ between ranks (the
+        weights are identical anyway: DDP broadcasts rank 0's at the start)."""
+        if self.trainer is not None and self.trainer.world_size > 1:
+            torch.manual_seed(self.config.seed + self.trainer.global_rank)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         images, labels = batch
@@ -90,28 +102,41 @@ class CXRModule(L.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
-        logits = self(x)
-        self.log("val_loss", self.loss(logits, y), prog_bar=True, batch_size=len(y), sync_dist=True)
-        self._val_logits.append(logits.detach().float())
-        self._val_labels.append(y)
+        self._val_logits.append(self(x).detach().float())
+        self._val_labels.append(y.float())
+
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(n_r, ...)`` on each rank -> ``(sum of n_r, ...)`` on every rank, in rank order.
+
+        Ranks may hold different ``n_r`` (an unpadded validation split): each block is padded
+        to the largest for ``all_gather`` and the padding is cut off again."""
+        if self.trainer is None or self.trainer.world_size == 1:
+            return rows
+        sizes = self.all_gather(torch.tensor([len(rows)], device=rows.device)).flatten().tolist()
+        padding = rows.new_zeros((max(sizes) - len(rows), *rows.shape[1:]))
+        gathered = self.all_gather(torch.cat([rows, padding]))  # (world, max(sizes), ...)
+        return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
 
     def on_validation_epoch_end(self) -> None:
-        logits = self.all_gather(torch.cat(self._val_logits)).reshape(
-            -1, len(self.card["findings"])
-        )
-        labels = self.all_gather(torch.cat(self._val_labels)).reshape(logits.shape)
+        n_classes = len(self.card["findings"])
+        empty = torch.zeros((0, n_classes), device=self.device)
+        logits = self.gather_rows(torch.cat(self._val_logits) if self._val_logits else empty)
+        labels = self.gather_rows(torch.cat(self._val_labels) if self._val_labels else empty)
         self._val_logits.clear()
         self._val_labels.clear()
+        # Loss and AUROC over the whole validation set, identical on every rank.
+        self.log("val_loss", self.loss(logits, labels), prog_bar=True, sync_dist=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # one-class columns in tiny val sets: NaN, skipped
             auroc = roc_auc(labels.cpu().numpy(), logits.cpu().numpy())
         macro = float(np.nanmean(auroc)) if np.isfinite(auroc).any() else 0.0
-        self.log(MONITOR, macro, prog_bar=True, sync_dist=False)
+        self.log(MONITOR, macro, prog_bar=True, sync_dist=True)  # same value on every rank
         for name, value in zip(self.card["findings"], auroc, strict=True):
             if np.isfinite(value):
-                self.log(f"val_auroc/{name}", float(value))
+                self.log(f"val_auroc/{name}", float(value), sync_dist=True)
         self.card["val_metrics"] = {
             "epoch": int(self.current_epoch),
+            "n_images": len(labels),
             "macro_auroc": macro,
             "auroc": {
                 f: (None if not np.isfinite(v) else float(v))
@@ -174,6 +199,7 @@ def new_card(
         "format": CARD_FORMAT,
         "findings": list(findings),
         "backbone": config.model.backbone,
+        "output_stride": config.model.output_stride,
         "in_chans": 1,
         "input_size": config.data.image_size,
         "normalization": {"letterbox_size": letterbox_size},
@@ -194,3 +220,13 @@ def count_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def trainable(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def launched_as_rank_zero() -> bool:
+    """Whether this process is global rank 0 (or not distributed), as its launcher announced it
+    before any process group exists: torchrun sets ``RANK``/``LOCAL_RANK``, SLURM's ``srun``
+    ``SLURM_PROCID``, Lightning's own DDP launcher ``NODE_RANK``/``LOCAL_RANK`` in the processes
+    it starts. Only rank 0 creates and writes the run folder (``config.yaml``, ``run.json``);
+    Lightning already saves checkpoints and logs on rank 0 only."""
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return all(os.environ.get(var, "0").strip() in ("", "0") for var in ranks)
