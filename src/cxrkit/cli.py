@@ -19,6 +19,7 @@ from cxrkit.commands import (
     EXIT_USER_ERROR,
     cmd_bench_infer,
     cmd_bench_loader,
+    cmd_bench_train,
     cmd_cam,
     cmd_compare,
     cmd_datasets,
@@ -27,6 +28,7 @@ from cxrkit.commands import (
     cmd_export,
     cmd_infer,
     cmd_prepare,
+    cmd_serve,
     cmd_synth,
     cmd_train,
 )
@@ -115,15 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("prepare", cmd_prepare, "parse a dataset, split it by patient, build the image cache")
     add_dataset_parsers(s, cpus)
 
-    s = add("train", cmd_train, "train a model on a prepared dataset")
-    s.add_argument("--config", required=True, help="YAML recipe file or shipped recipe name")
+    s = add("train", cmd_train, "train a model on a prepared dataset, or resume a run")
+    s.add_argument("--config", help="YAML recipe file or shipped recipe name")
     s.add_argument(
         "--data",
-        required=True,
         action="append",
         help="prepared folder (from `cxrkit prepare`); repeat to train on several",
     )
-    s.add_argument("--out", required=True, help="run folder")
+    s.add_argument("--out", help="run folder")
+    s.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue run folder RUN from its last checkpoint (no --config/--data/--out)",
+    )
     s.add_argument(
         "--set",
         nargs="*",
@@ -225,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=decode_workers,
         help="decoding processes beside the model (default: cores - 2, at most 4; 0 = decode "
-        f"in the main process, the faster choice on 2 cores; here {decode_workers})",
+        f"in one background thread, the faster choice on 2 cores; here {decode_workers})",
     )
     s.add_argument(
         "--precision",
@@ -240,10 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--backend",
-        default="torch",
-        choices=["torch", "onnx", "onnx-int8"],
+        default="auto",
+        choices=["auto", "torch", "onnx", "onnx-int8"],
         help="onnx / onnx-int8: run the bundle's model.onnx / model.int8.onnx with "
-        "onnxruntime on CPU (--checkpoint must be a bundle from `cxrkit export`)",
+        "onnxruntime on CPU (--checkpoint must be a bundle from `cxrkit export`); auto "
+        "(default): onnx for a bundle with model.onnx on a CPU without native bf16, else torch",
     )
     s.add_argument(
         "--dicom-tags",
@@ -343,15 +350,56 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--backbone", default="densenet121")
     b.add_argument("--input-size", type=int, default=224)
     b.add_argument("--batch-size", type=int, default=16)
-    b.add_argument("--workers", type=int, default=decode_workers, help="decoding processes")
-    b.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
+    b.add_argument(
+        "--workers", type=int, default=decode_workers, help="decoding processes (0: a thread)"
+    )
+    b.add_argument("--precision", default="auto", choices=["fp32", "bf16", "auto"])
+    b.add_argument(
+        "--no-onnx",
+        dest="onnx",
+        action="store_false",
+        help="skip exporting the stand-in to ONNX (about a minute) and the onnx figures",
+    )
 
-    s = add("demo", cmd_demo, "synth -> prepare -> train -> eval -> infer -> cam, offline on CPU")
+    b = bench.add_parser(
+        "train", help="train-step images/s, GPU memory and training-loader images/s"
+    )
+    b.set_defaults(fn=cmd_bench_train)
+    b.add_argument("--data", help="prepared folder: cached batches, and the loader figure")
+    b.add_argument("--backbone", default="densenet121")
+    b.add_argument("--image-size", type=int, default=224)
+    b.add_argument("--batch-size", type=int, default=32)
+    b.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "32-true", "bf16-mixed", "16-mixed"],
+        help="auto: as `cxrkit train` (bf16 on GPUs and CPUs with native bf16, else fp32)",
+    )
+    b.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    b.add_argument("--compile", action="store_true", help="torch.compile the network first")
+    b.add_argument("--workers", type=int, default=2, help="training-loader processes")
+    b.add_argument("--seconds", type=float, default=5.0, help="time per figure (default 5)")
+
+    s = add(
+        "demo",
+        cmd_demo,
+        "synth -> prepare -> train -> eval -> infer -> cam -> localise, offline on CPU",
+    )
     s.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     s.add_argument("--n-patients", type=int, default=None, help="phantom patients")
     s.add_argument("--epochs", type=int, default=None, help="training epochs")
     s.add_argument("--workers", type=int, default=cpus)
     s.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+
+    s = add("serve", cmd_serve, "REST API and web page for one model (research use only)")
+    s.add_argument("--checkpoint", required=True, help="checkpoint (or exported bundle)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--token", help="bearer token required on /v1/* (or set CXRKIT_SERVE_TOKEN)")
+    s.add_argument("--max-upload-mb", type=float, default=50.0, help="upload limit (413 above)")
+    s.add_argument("--max-queue", type=int, default=8, help="requests waiting beyond --workers")
+    s.add_argument("--workers", type=int, default=1, help="prediction threads (default 1)")
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds per request (408/504)")
     return p
 
 

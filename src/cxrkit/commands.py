@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxrkit.errors import UserError
+
+if TYPE_CHECKING:
+    from cxrkit.inference import Predictor
 
 EXIT_USER_ERROR, EXIT_PARTIAL = 2, 3  # 3: infer wrote every row but some images failed
 RECIPES = Path(__file__).parent / "configs"
@@ -89,10 +93,35 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 def cmd_train(a: argparse.Namespace) -> int:
     from cxrkit.config import load_config
-    from cxrkit.fit import fit
+    from cxrkit.fit import fit, resume
+    from cxrkit.training import launched_as_rank_zero
 
-    config = load_config(resolve_recipe(a.config), a.set)
-    result = fit(config, a.data, a.out, overwrite=a.overwrite)
+    if a.resume:
+        extra = [f"--{k}" for k in ("config", "data", "out", "overwrite") if getattr(a, k)]
+        if extra:
+            raise UserError(
+                f"--resume continues a run as it was started; drop {', '.join(extra)} "
+                "(--set may extend trainer.max_epochs)"
+            )
+        result = resume(a.resume, a.set)
+    else:
+        missing = [f"--{k}" for k in ("config", "data", "out") if not getattr(a, k)]
+        if missing:
+            raise UserError(f"train needs {', '.join(missing)} (or --resume RUN)")
+        result = fit(
+            load_config(resolve_recipe(a.config), a.set), a.data, a.out, overwrite=a.overwrite
+        )
+    if not launched_as_rank_zero():  # DDP: the other ranks stay quiet
+        return 0
+    if result.already_finished:
+        print(
+            f"{result.run} already finished ({result.epochs} epoch(s), best validation macro "
+            f"AUROC {result.best_score:.4f}); nothing to do"
+        )
+        return 0
+    if result.resumed_from:
+        where = result.resumed_from
+        print(f"resumed {result.run} from epoch {where['epoch']}, step {where['step']}")
     print(
         f"trained {result.epochs} epoch(s) in {result.seconds:.0f} s; best validation macro "
         f"AUROC {result.best_score:.4f}"
@@ -172,6 +201,7 @@ def cmd_infer(a: argparse.Namespace) -> int:
         a.checkpoint, batch_size=a.batch_size, precision=a.precision, tta=a.tta, backend=a.backend
     )
     paths = resolve_sources(a.source)
+    print(f"{len(paths)} file(s); backend {predictor.backend_name}" + _faster_hint(predictor))
     tags = tuple(t for t in a.dicom_tags.split(",") if t) if a.dicom_tags else ()
     s = write_predictions(
         predictor,
@@ -188,6 +218,13 @@ def cmd_infer(a: argparse.Namespace) -> int:
         + f"; wrote {a.out}"
     )
     return EXIT_PARTIAL if s.failed else 0
+
+
+def _faster_hint(predictor: Predictor) -> str:
+    """A tip when a CPU run could use onnxruntime through a bundle but runs PyTorch fp32."""
+    if predictor.backend_name != "torch" or predictor.device.type != "cpu" or predictor.bf16:
+        return ""
+    return " (tip: `cxrkit export` a bundle and infer from it: onnxruntime is faster on CPU)"
 
 
 def cmd_cam(a: argparse.Namespace) -> int:
@@ -279,6 +316,24 @@ def cmd_bench_loader(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_train(a: argparse.Namespace) -> int:
+    from cxrkit.bench import bench_train
+
+    result = bench_train(
+        a.data,
+        backbone=a.backbone,
+        image_size=a.image_size,
+        batch_size=a.batch_size,
+        precision=a.precision,
+        channels_last=a.channels_last,
+        compile_model=a.compile,
+        workers=a.workers,
+        seconds=a.seconds,
+    )
+    print("\n".join(result.lines()))
+    return 0
+
+
 def cmd_bench_infer(a: argparse.Namespace) -> int:
     from cxrkit.bench_infer import bench_infer
 
@@ -290,6 +345,7 @@ def cmd_bench_infer(a: argparse.Namespace) -> int:
         batch_size=a.batch_size,
         workers=a.workers,
         precision=a.precision,
+        onnx=a.onnx,
     )
     print("\n".join(result.lines()))
     return 0
@@ -301,4 +357,32 @@ def cmd_demo(a: argparse.Namespace) -> int:
     run_demo(
         a.out, overwrite=a.overwrite, n_patients=a.n_patients, workers=a.workers, epochs=a.epochs
     )
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from cxrkit.inference import Predictor
+    from cxrkit.serve import DISCLAIMER, TOKEN_ENV, Engine, ServeSettings, run_server, token_from
+
+    settings = ServeSettings(
+        host=a.host,
+        port=a.port,
+        token=token_from(a.token),
+        max_upload_mb=a.max_upload_mb,
+        max_queue=a.max_queue,
+        workers=a.workers,
+        timeout=a.timeout,
+    )
+    predictor = Predictor.from_checkpoint(a.checkpoint)
+    engine = Engine(predictor, max_pixels=settings.max_pixels, display_size=settings.display_size)
+    host = f"[{a.host}]" if ":" in a.host else a.host
+    print(f"cxrkit serve: {len(engine.findings)} findings from {a.checkpoint}")
+    print(f"open http://{host}:{a.port}/ (API docs: http://{host}:{a.port}/docs)")
+    print(
+        "bearer token required on /v1/*"
+        if settings.token
+        else f"no token: /v1/* is open to anyone who reaches this address (--token or {TOKEN_ENV})"
+    )
+    print(DISCLAIMER)
+    run_server(engine, settings)
     return 0
