@@ -44,32 +44,26 @@ def cell_centres(model: nn.Module, layer: nn.Module, size: int) -> CellCentres |
     placed symmetrically about the centre the pulls cancel). ``None`` (use the convention) when
     the grid is under 3 cells, no gradient reaches the input, or the offset found is more than
     a cell away from the convention's."""
-    model, layer = _uniform_copy(model, layer)
+    probe, layer = _uniform_copy(model, layer)  # a throwaway copy: no hooks or modes to undo
+    probe.eval()
     seen: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
-    was_training = model.training
-    model.eval()
+    layer.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    x = torch.full((1, 1, size, size), 0.5, requires_grad=True)
+    probe(x)
+    grid = seen[-1].shape[-1] if seen and seen[-1].ndim == 4 else 0
+    if grid < 3:
+        return None
+    a = size / grid
     offsets: list[tuple[float, float]] = []
-    try:
-        x = torch.full((1, 1, size, size), 0.5, requires_grad=True)
-        model(x)
-        grid = seen[-1].shape[-1] if seen and seen[-1].ndim == 4 else 0
-        if grid < 3:
+    for i in sorted({(grid - 1) // 2, grid // 2}):
+        seen.clear()
+        x.grad = None
+        probe(x)
+        seen[-1][0, :, i, i].abs().sum().backward()
+        g = x.grad[0, 0].abs().double()
+        if not float(g.sum()) > 0:
             return None
-        a = size / grid
-        for i in sorted({(grid - 1) // 2, grid // 2}):
-            seen.clear()
-            x.grad = None
-            model(x)
-            seen[-1][0, :, i, i].abs().sum().backward()
-            g = x.grad[0, 0].abs().double()
-            if not float(g.sum()) > 0:
-                return None
-            offsets.append((_centroid(g.sum(1)) - a * i, _centroid(g.sum(0)) - a * i))
-    finally:
-        handle.remove()
-        model.train(was_training)
-        model.zero_grad(set_to_none=True)
+        offsets.append((_centroid(g.sum(1)) - a * i, _centroid(g.sum(0)) - a * i))
     b_y, b_x = (float(np.mean(v)) for v in zip(*offsets, strict=True))
     convention = a / 2 - 0.5
     if max(abs(b_y - convention), abs(b_x - convention)) > a:
@@ -84,22 +78,17 @@ def _uniform_copy(model: nn.Module, layer: nn.Module) -> tuple[nn.Module, nn.Mod
     name = next(n for n, m in model.named_modules() if m is layer)
     copy = deepcopy(model)
     with torch.no_grad():
-        for param in copy.parameters():
+        for param_name, param in copy.named_parameters():
             if param.ndim > 1:
                 param.fill_(1.0 / param[0].numel())
-            else:
-                param.fill_(1.0 if param.ndim == 1 and _is_scale(copy, param) else 0.0)
+            else:  # a normalisation's scale (its 1-D ``weight``) 1, every bias and shift 0
+                param.fill_(1.0 if param_name.endswith("weight") else 0.0)
         for buf_name, buf in copy.named_buffers():
             if buf_name.endswith("running_mean"):
                 buf.zero_()
             elif buf_name.endswith("running_var"):
                 buf.fill_(1.0)
     return copy, copy.get_submodule(name)
-
-
-def _is_scale(model: nn.Module, param: torch.Tensor) -> bool:
-    """Whether ``param`` is a normalisation layer's scale (``weight`` of a 1-D-weight layer)."""
-    return any(getattr(m, "weight", None) is param for m in model.modules())
 
 
 def place_grid(
