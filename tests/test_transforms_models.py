@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from cxrkit import checkpoint, models
+from cxrkit.cam_layers import cam_layer
 from cxrkit.config import AugmentConfig
 from cxrkit.errors import UserError
-from cxrkit.models import cam_target_layer, create_model, input_normalization
+from cxrkit.models import create_model, input_normalization
 from cxrkit.training import augment_on_device
 from cxrkit.transforms import augment_uint8, eval_transform, train_transform
 
@@ -103,7 +104,8 @@ def test_backbones_give_logits_and_a_spatial_cam_layer(backbone: str) -> None:
     model = create_model(backbone, 3).eval()
     assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 3)
     seen: list[torch.Tensor] = []
-    handle = cam_target_layer(model, backbone).register_forward_hook(lambda m, i, o: seen.append(o))
+    layer = cam_layer(model, backbone, 64).module
+    handle = layer.register_forward_hook(lambda m, i, o: seen.append(o))
     model(torch.zeros(1, 1, 64, 64))
     handle.remove()
     assert seen and seen[0].ndim == 4 and seen[0].shape[-1] > 1
@@ -113,12 +115,7 @@ def test_backbones_give_logits_and_a_spatial_cam_layer(backbone: str) -> None:
 
 def test_output_stride_refines_the_cam_layer_and_travels_in_the_card() -> None:
     def cam_grid(model: torch.nn.Module) -> tuple[int, int]:
-        seen: list[torch.Tensor] = []
-        layer = cam_target_layer(model, "resnet10t")
-        handle = layer.register_forward_hook(lambda m, i, o: seen.append(o))
-        model.eval()(torch.zeros(1, 1, 128, 128))
-        handle.remove()
-        return tuple(seen[0].shape[-2:])
+        return cam_layer(model, "resnet10t", 128, "layer4").grid
 
     plain = create_model("resnet10t", 3)
     assert cam_grid(plain) == (4, 4)

@@ -282,6 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="gradcam, gradcam++, hirescam, eigencam, "
         "scorecam, layercam; with --evaluate a comma list, e.g. gradcam,hirescam",
     )
+    s.add_argument(
+        "--layer",
+        help="module to hook, e.g. layer3 (default: the last feature map, or an earlier "
+        "stage when that map has fewer than 7 cells per side at the model's input size)",
+    )
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument(
         "--evaluate",

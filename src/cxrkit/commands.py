@@ -247,6 +247,7 @@ def cmd_cam(a: argparse.Namespace) -> int:
             top_percent=a.top_percent,
             tolerance=a.tolerance,
             image_ids=ids,
+            layer=a.layer,
         )
         settings = {
             "checkpoint": str(a.checkpoint),
@@ -260,14 +261,16 @@ def cmd_cam(a: argparse.Namespace) -> int:
         print(loc.format_table(result, a.top_percent))
         print(f"wrote {path} and {path.with_name('per_image.csv')}")
         return 0
-    from cxrkit.explain import cam_folder
+    from cxrkit.explain import cam_folder, cam_target
 
     if a.image is None:
         raise UserError("give --image FILE|DIR, or --evaluate with --boxes and --images")
     if len(methods) != 1:
         raise UserError("overlays take one --method; several are for --evaluate")
     predictor = Predictor.from_checkpoint(a.checkpoint)
-    done = cam_folder(predictor, a.image, a.out, targets=a.target, method=methods[0])
+    target, _ = cam_target(predictor, a.layer)
+    print(f"CAM layer {target.name} ({target.grid[0]} x {target.grid[1]} grid)")
+    done = cam_folder(predictor, a.image, a.out, targets=a.target, method=methods[0], layer=a.layer)
     if len(done.written) == 1:
         for r in next(iter(done.written.values())):
             print(f"{r.finding}: p={r.probability:.3f} -> {r.overlay_path}")

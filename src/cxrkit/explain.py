@@ -3,10 +3,9 @@
 Methods by name (case-insensitive): GradCAM, GradCAM++, HiResCAM, EigenCAM, ScoreCAM, LayerCAM.
 The CAM target is the finding's **logit** (``ClassifierOutputTarget``), not the sigmoid.
 EigenCAM ignores the target (first principal component of the activations), so it draws the
-same map for every finding. The target layer comes from :func:`cxrkit.models.cam_target_layer`,
-except for Vision Transformers (any model with ``patch_embed``, ``blocks`` and
-``num_prefix_tokens``, e.g. timm's ``vit_*`` and ``deit_*``): the input of the last block's
-attention, ``blocks[-1].norm1``, with its tokens ``(B, N, C)`` reshaped to ``(B, C, H, W)``.
+same map for every finding. The target layer comes from :func:`cxrkit.cam_layers.cam_layer`:
+the family's last feature map, or an earlier stage when that map is too coarse for the input
+size; ``layer`` names any other module.
 
 The heatmap is computed on the target layer's grid, upsampled bicubically with each cell placed
 at its receptive field's measured centre (:mod:`cxrkit.cam_grid`), then mapped back through the
@@ -17,9 +16,8 @@ are removed when each computation ends, whether it succeeds or fails.
 
 from __future__ import annotations
 
-import math
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +32,11 @@ from torch import nn
 from tqdm import tqdm
 
 from cxrkit.cam_grid import CellCentres, cell_centres, place_grid
+from cxrkit.cam_layers import CamLayer, cam_layer
 from cxrkit.errors import UserError, did_you_mean
 from cxrkit.infer_run import resolve_sources
 from cxrkit.inference import Predictor
 from cxrkit.io import ImageReadError, letterbox_geometry, read_xray
-from cxrkit.models import cam_target_layer
 
 METHODS: dict[str, type[BaseCAM]] = {
     "gradcam": GradCAM,
@@ -53,8 +51,6 @@ METHODS: dict[str, type[BaseCAM]] = {
 #: this many at a time (the library's default is 16).
 SCORECAM_BATCH = 64
 
-Reshape = Callable[[torch.Tensor], torch.Tensor]
-
 
 def resolve_method(name: str) -> str:
     """The :data:`METHODS` key of ``name`` (case, ``-``, ``_`` and spaces ignored)."""
@@ -64,43 +60,15 @@ def resolve_method(name: str) -> str:
     return key
 
 
-def vit_reshape(num_prefix_tokens: int, grid: tuple[int, int]) -> Reshape:
-    """A ``reshape_transform``: tokens ``(B, P + N, C)`` -> ``(B, C, H, W)``.
-
-    The ``P`` class/distillation/register tokens are dropped; the ``N`` patch tokens are laid
-    out on ``grid`` ``(H, W)`` when ``H * W == N``, else on a square ``sqrt(N)`` grid.
-    """
-
-    def reshape(tokens: torch.Tensor) -> torch.Tensor:
-        patches = tokens[:, num_prefix_tokens:, :]
-        n = patches.shape[1]
-        h, w = grid if grid[0] * grid[1] == n else (math.isqrt(n), math.isqrt(n))
-        if h * w != n:
-            raise UserError(f"cannot lay {n} ViT patch tokens out on a grid for CAM")
-        return patches.reshape(patches.shape[0], h, w, patches.shape[2]).permute(0, 3, 1, 2)
-
-    return reshape
-
-
-def target_layer(model: nn.Module, backbone: str) -> tuple[nn.Module, Reshape | None]:
-    """The layer to hook and the ``reshape_transform`` it needs (None for CNNs)."""
-    if all(hasattr(model, a) for a in ("patch_embed", "blocks", "num_prefix_tokens")):
-        grid = tuple(getattr(model.patch_embed, "grid_size", (0, 0)))
-        layer = model.blocks[-1].norm1  # type: ignore[index]
-        return layer, vit_reshape(int(model.num_prefix_tokens), grid)  # type: ignore[arg-type]
-    return cam_target_layer(model, backbone), None
-
-
 @contextmanager
-def open_cam(model: nn.Module, backbone: str, method: str) -> Iterator[BaseCAM]:
-    """A CAM object of ``method`` on ``model``, its hooks removed on exit.
+def open_cam(model: nn.Module, layer: CamLayer, method: str) -> Iterator[BaseCAM]:
+    """A CAM object of ``method`` on ``model`` hooking ``layer``, its hooks removed on exit.
 
     Not ``with cam:``: pytorch-grad-cam's ``__exit__`` swallows an ``IndexError`` (it prints
     it), which would silently drop results; here every exception propagates.
     """
-    layer, reshape = target_layer(model, backbone)
     cam = METHODS[resolve_method(method)](
-        model=model, target_layers=[layer], reshape_transform=reshape
+        model=model, target_layers=[layer.module], reshape_transform=layer.reshape
     )
     if isinstance(cam, ScoreCAM):
         cam.batch_size = SCORECAM_BATCH
@@ -126,11 +94,14 @@ def heatmaps(
     targets: str | Sequence[str],
     *,
     method: str = "gradcam",
+    layer: str | None = None,
 ) -> list[CamResult]:
     """CAMs of ``pixels`` ``(H, W)`` uint8 for ``targets``: a finding name, a list of them,
     ``positive`` (findings called positive at the card's thresholds, else the most probable
-    one) or ``all``. Each heatmap is ``(H, W)`` float32 in [0, 1]."""
+    one) or ``all``, on the module named ``layer`` (default: see :mod:`cxrkit.cam_layers`).
+    Each heatmap is ``(H, W)`` float32 in [0, 1]."""
     resolve_method(method)
+    target, centres = cam_target(predictor, layer)
     letterboxed = torch.from_numpy(predictor.preprocess(pixels)[None])
     probs = predictor.predict_batch(letterboxed)[0]
     findings = predictor.findings
@@ -145,9 +116,8 @@ def heatmaps(
                 raise did_you_mean(name, [*findings, "positive", "all"], what="CAM target")
         chosen = [findings.index(name) for name in names]
     x = predictor.model_input(letterboxed)
-    centres = grid_centres(predictor)
     results = []
-    with open_cam(predictor.model, predictor.card["backbone"], method) as cam:
+    with open_cam(predictor.model, target, method) as cam:
         cam.get_target_width_height = lambda _x: None  # keep the layer's grid (see cam_grid)
         for j in chosen:
             grid = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(j))])[0]
@@ -157,19 +127,28 @@ def heatmaps(
     return results
 
 
-_CENTRES: weakref.WeakKeyDictionary[nn.Module, CellCentres | None] = weakref.WeakKeyDictionary()
+_TARGETS: weakref.WeakKeyDictionary[
+    nn.Module, dict[str | None, tuple[CamLayer, CellCentres | None]]
+] = weakref.WeakKeyDictionary()
 
 
-def grid_centres(predictor: Predictor) -> CellCentres | None:
-    """The measured cell centres of the predictor's CNN target layer (once per model); None
-    for transformers, whose patch grid follows the half-pixel convention exactly."""
+def cam_target(
+    predictor: Predictor, layer: str | None = None
+) -> tuple[CamLayer, CellCentres | None]:
+    """The predictor's CAM layer (``layer`` or the default) and its measured cell centres
+    (None for transformers, whose patch grid follows the half-pixel convention exactly);
+    worked out once per model and layer."""
     model = predictor.model
-    if model not in _CENTRES:
-        layer, reshape = target_layer(model, predictor.card["backbone"])
-        _CENTRES[model] = (
-            None if reshape is not None else cell_centres(model, layer, predictor.input_size)
+    per_model = _TARGETS.setdefault(model, {})
+    if layer not in per_model:
+        target = cam_layer(model, predictor.card["backbone"], predictor.input_size, layer)
+        centres = (
+            None
+            if target.reshape is not None
+            else cell_centres(model, target.module, predictor.input_size)
         )
-    return _CENTRES[model]
+        per_model[layer] = (target, centres)
+    return per_model[layer]
 
 
 def to_original(heatmap: np.ndarray, shape: tuple[int, int], letterbox_size: int) -> np.ndarray:
@@ -224,12 +203,13 @@ def cam_image(
     *,
     targets: str = "positive",
     method: str = "gradcam",
+    layer: str | None = None,
     name: str | None = None,
 ) -> list[CamResult]:
     """Write ``OUT/<name>_<finding>.png`` overlays and ``.npy`` heatmaps for one image;
     ``name`` (default: the file's stem) may hold sub-folders, e.g. ``ward1/img7``."""
     pixels = read_xray(image).pixels
-    results = heatmaps(predictor, pixels, targets, method=method)
+    results = heatmaps(predictor, pixels, targets, method=method, layer=layer)
     base = Path(out_dir) / (name or Path(image).stem)
     base.parent.mkdir(parents=True, exist_ok=True)
     for r in results:
@@ -256,6 +236,7 @@ def cam_folder(
     *,
     targets: str = "positive",
     method: str = "gradcam",
+    layer: str | None = None,
     progress: bool = True,
 ) -> FolderResult:
     """CAMs of a file, or of every image under a folder (recursive), written as
@@ -271,7 +252,7 @@ def cam_folder(
         name = str(path.relative_to(source).with_suffix("")) if source.is_dir() else path.stem
         try:
             result.written[path] = cam_image(
-                predictor, path, out_dir, targets=targets, method=method, name=name
+                predictor, path, out_dir, targets=targets, method=method, layer=layer, name=name
             )
         except ImageReadError as err:
             result.failed.append((path, err.reason))

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from cxrkit.errors import UserError
-from cxrkit.explain import heatmaps, resolve_method
+from cxrkit.explain import cam_target, heatmaps, resolve_method
 from cxrkit.infer_run import resolve_sources
 from cxrkit.inference import Predictor
 from cxrkit.io import ImageReadError, read_xray
@@ -135,11 +135,14 @@ def read_image_list(path: str | Path) -> set[str]:
 
 @dataclass
 class LocalizationResult:
-    """``summary[method][finding]`` (and ``"all"``) metrics, and one row per image, finding
-    and method (``status`` ``ok`` or the reason it was skipped)."""
+    """``summary[method][finding]`` (and ``"all"``) metrics, one row per image, finding and
+    method (``status`` ``ok`` or the reason it was skipped), and the CAM layer's name and
+    grid ``(H, W)``."""
 
     summary: dict[str, Summary]
     per_image: pd.DataFrame
+    layer: str
+    grid: tuple[int, int]
 
 
 def evaluate_localization(
@@ -151,12 +154,15 @@ def evaluate_localization(
     top_percent: float = 10.0,
     tolerance: float = 0.0,
     image_ids: set[str] | None = None,
+    layer: str | None = None,
     progress: bool = True,
 ) -> LocalizationResult:
     """Score each method's heatmaps on every (image, finding) pair of ``boxes`` (restricted to
     ``image_ids`` when given) whose image is found under ``images`` (by file name, recursive)
-    and whose finding the model calls positive."""
+    and whose finding the model calls positive, on the CAM layer named ``layer`` (default: see
+    :mod:`cxrkit.cam_layers`)."""
     methods = [resolve_method(m) for m in methods]
+    target, _ = cam_target(predictor, layer)
     top_mask(np.zeros((1, 1)), top_percent)  # validates top_percent before any work
     if image_ids is not None:
         boxes = boxes[boxes["image"].isin(image_ids)]
@@ -189,7 +195,7 @@ def evaluate_localization(
                 for f, s in status.items()
                 if s != "ok"
             ]
-            for r in heatmaps(predictor, pixels, todo, method=method) if todo else []:
+            for r in heatmaps(predictor, pixels, todo, method=method, layer=layer) if todo else []:
                 rows.append(
                     {
                         "method": method,
@@ -202,7 +208,7 @@ def evaluate_localization(
                 )
     table = pd.DataFrame(rows, columns=PER_IMAGE_COLUMNS)
     summary = {m: summarise(table[table["method"] == m]) for m in methods}
-    return LocalizationResult(summary, table)
+    return LocalizationResult(summary, table, target.name, target.grid)
 
 
 def _scores(
@@ -258,12 +264,15 @@ def write_localization(
     out.mkdir(parents=True, exist_ok=True)
     result.per_image.to_csv(out / "per_image.csv", index=False)
     path = out / "localization.json"
-    path.write_text(json.dumps({**settings, "methods": result.summary}, indent=2) + "\n")
+    layer = {"layer": result.layer, "grid": list(result.grid)}
+    path.write_text(json.dumps({**settings, **layer, "methods": result.summary}, indent=2) + "\n")
     return path
 
 
 def format_table(result: LocalizationResult, top_percent: float) -> str:
-    """A text table: one line per method and finding."""
+    """A text table: one line per method and finding, under a line naming the CAM layer."""
+    h, w = result.grid
+    title = f"CAM layer {result.layer} ({h} x {w} grid)\n"
     head = f"{'Method':<10} {'Finding':<16} {'pairs':>6} {'eval':>5} {'pointing':>9} "
     lines = [head + f"{f'IoU@{top_percent:g}%':>9}"]
     for method, summary in result.summary.items():
@@ -274,4 +283,4 @@ def format_table(result: LocalizationResult, top_percent: float) -> str:
                 f"{'n/a' if pg is None else f'{pg:.3f}':>9} "
                 f"{'n/a' if iou is None else f'{iou:.3f}':>9}"
             )
-    return "\n".join(lines)
+    return title + "\n".join(lines)

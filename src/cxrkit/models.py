@@ -17,21 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 from torch import nn
 
 from cxrkit.errors import UserError, did_you_mean
-
-#: Grad-CAM target layer per backbone family: the last spatial feature map before pooling.
-CAM_LAYERS: dict[str, str] = {
-    "densenet": "features.norm5",
-    "resnet": "layer4",
-    "resnext": "layer4",
-    "convnext": "stages.3",
-    "efficientnet": "bn2",
-    "mobilenetv3": "blocks",
-    "regnet": "s4",
-}
 
 
 def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
@@ -120,40 +108,3 @@ def input_normalization(model: nn.Module) -> tuple[float, float]:
     mean = cfg.get("mean", (0.5, 0.5, 0.5))
     std = cfg.get("std", (0.5, 0.5, 0.5))
     return float(sum(mean) / len(mean)), float(sum(std) / len(std))
-
-
-def cam_target_layer(model: nn.Module, backbone: str) -> nn.Module:
-    """The layer Grad-CAM should hook for ``backbone`` (family table, else last 4-D output)."""
-    for family, name in CAM_LAYERS.items():
-        if backbone.startswith(family):
-            module = model.get_submodule(name)
-            return module[-1] if isinstance(module, nn.Sequential) else module
-    return _last_spatial_module(model)
-
-
-def _last_spatial_module(model: nn.Module) -> nn.Module:
-    """Probe a forward pass and return the last leaf module with a 4-D output larger than 1x1."""
-    seen: list[nn.Module] = []
-    hooks = [
-        m.register_forward_hook(
-            lambda mod, _i, out: (
-                seen.append(mod)
-                if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] > 1
-                else None
-            )
-        )
-        for m in model.modules()
-        if not list(m.children())
-    ]
-    try:
-        with torch.no_grad():
-            was_training = model.training
-            model.eval()
-            model(torch.zeros(1, 1, 64, 64))
-            model.train(was_training)
-    finally:
-        for h in hooks:
-            h.remove()
-    if not seen:
-        raise UserError("could not find a spatial layer for Grad-CAM in this backbone")
-    return seen[-1]
