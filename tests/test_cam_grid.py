@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cxrkit.cam_grid import CellCentres, cell_centres, place_grid
-from cxrkit.cam_layers import cam_layer
+from cxrkit.cam_layers import cam_layers
 from cxrkit.models import create_model
 
 
@@ -53,7 +53,7 @@ def test_probe_ignores_trained_weights_and_leaves_the_model_alone() -> None:
 
 def test_resnet50_cells_sit_half_a_cell_off_the_convention() -> None:
     model = create_model("resnet50", 3)
-    centres = cell_centres(model, cam_layer(model, "resnet50", 224).module, 224)
+    centres = cell_centres(model, cam_layers(model, "resnet50", 224)[0].module, 224)
     assert centres is not None and centres.a == 32
     assert centres.b_y == pytest.approx(-1.6, abs=0.5)  # convention: 15.5
 

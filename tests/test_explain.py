@@ -14,10 +14,10 @@ import timm
 import torch
 from torch import nn
 
-from cxrkit.cam_layers import MIN_CAM_GRID, cam_layer, vit_reshape
+from cxrkit.cam_layers import MIN_CAM_GRID, cam_layers, vit_reshape
 from cxrkit.cli import main
 from cxrkit.errors import UserError
-from cxrkit.explain import METHODS, cam_folder, cam_target, heatmaps, open_cam, resolve_method
+from cxrkit.explain import METHODS, cam_folder, cam_targets, heatmaps, open_cam, resolve_method
 from cxrkit.inference import Predictor
 from cxrkit.localization import (
     box_mask,
@@ -71,44 +71,80 @@ def test_unknown_method_and_several_targets(predictor: Predictor, image: np.ndar
 
 
 @pytest.mark.parametrize(
-    ("backbone", "size", "name", "hooked", "grid"),
+    ("backbone", "size", "expected"),
     [
         # at 224 px each family's last feature map has 7 x 7 cells: the usual Grad-CAM layer
-        ("resnet10t", 224, "layer4", "layer4.0", (7, 7)),
-        ("densenet121", 224, "features.norm5", "features.norm5", (7, 7)),
-        ("convnext_atto", 224, "stages.3", "stages.3", (7, 7)),
-        ("efficientnet_b0", 224, "bn2", "bn2", (7, 7)),
-        # at 128 px the last map has 4 x 4: the deepest earlier stage with >= 7 cells per side
-        ("resnet10t", 128, "layer3", "layer3.0", (8, 8)),
-        ("densenet121", 128, "features.denseblock3", "features.denseblock3", (8, 8)),
-        ("efficientnet_b0", 128, "blocks.4", "blocks.4.2", (8, 8)),
-        ("resnet10t", 64, "layer2", "layer2.0", (8, 8)),
+        ("resnet10t", 224, [("layer4", "layer4.0", (7, 7))]),
+        ("densenet121", 224, [("features.norm5", "features.norm5", (7, 7))]),
+        ("convnext_atto", 224, [("stages.3", "stages.3", (7, 7))]),
+        ("efficientnet_b0", 224, [("bn2", "bn2", (7, 7))]),
+        # at 128 px the last map has 4 x 4: the deepest stage with >= 7 cells per side,
+        # fused with the next finer one
+        ("resnet10t", 128, [("layer3", "layer3.0", (8, 8)), ("layer2", "layer2.0", (16, 16))]),
+        (
+            "densenet121",
+            128,
+            [
+                ("features.denseblock3", "features.denseblock3", (8, 8)),
+                ("features.denseblock2", "features.denseblock2", (16, 16)),
+            ],
+        ),
+        (
+            "efficientnet_b0",
+            128,
+            [("blocks.4", "blocks.4.2", (8, 8)), ("blocks.2", "blocks.2.1", (16, 16))],
+        ),
+        # only the stride-8 stage reaches 7 cells; nothing finer is a candidate
+        ("resnet10t", 64, [("layer2", "layer2.0", (8, 8))]),
         # nothing reaches 7 cells: the finest candidate (stride 8)
-        ("resnet10t", 32, "layer2", "layer2.0", (4, 4)),
+        ("resnet10t", 32, [("layer2", "layer2.0", (4, 4))]),
     ],
 )
-def test_default_cam_layer_per_family_and_input_size(
-    backbone: str, size: int, name: str, hooked: str, grid: tuple[int, int]
+def test_default_cam_layers_per_family_and_input_size(
+    backbone: str, size: int, expected: list[tuple[str, str, tuple[int, int]]]
 ) -> None:
     model = timm.create_model(backbone, pretrained=False, num_classes=2, in_chans=1).train()
-    layer = cam_layer(model, backbone, size)
-    assert (layer.name, layer.grid, layer.reshape) == (name, grid, None)
-    assert layer.module is model.get_submodule(hooked)
+    layers = cam_layers(model, backbone, size)
+    assert [(layer.name, layer.grid) for layer in layers] == [(n, g) for n, _, g in expected]
+    for layer, (_, hooked, _) in zip(layers, expected, strict=True):
+        assert layer.module is model.get_submodule(hooked) and layer.reshape is None
     assert model.training and no_hooks(model)  # the probe restores the mode, leaves no hook
-    assert min(grid) >= MIN_CAM_GRID or size == 32
+    assert min(layers[0].grid) >= MIN_CAM_GRID or size == 32
 
 
 def test_dilated_last_stage_is_fine_enough_and_layers_can_be_named() -> None:
     dilated = create_model("resnet10t", 3, output_stride=16)
-    assert cam_layer(dilated, "resnet10t", 128).name == "layer4"  # 8 x 8 without stepping back
+    assert [x.name for x in cam_layers(dilated, "resnet10t", 128)] == ["layer4"]  # 8 x 8
     plain = create_model("resnet10t", 3)
-    named = cam_layer(plain, "resnet10t", 128, "layer2")
-    assert (named.name, named.grid) == ("layer2", (16, 16))
-    assert cam_layer(plain, "resnet10t", 128, "layer4.0.conv2").grid == (4, 4)
+    named = cam_layers(plain, "resnet10t", 128, ["layer2", "layer4.0.conv2", "layer2"])
+    assert [(x.name, x.grid) for x in named] == [("layer2", (16, 16)), ("layer4.0.conv2", (4, 4))]
     with pytest.raises(UserError, match="unknown CAM layer 'layer5'.*layer4"):
-        cam_layer(plain, "resnet10t", 128, "layer5")
+        cam_layers(plain, "resnet10t", 128, ["layer5"])
     with pytest.raises(UserError, match="'fc' has no spatial"):
-        cam_layer(plain, "resnet10t", 128, "fc")
+        cam_layers(plain, "resnet10t", 128, ["fc"])
+
+
+def test_fused_heatmap_is_the_mean_of_the_layer_maps(
+    predictor: Predictor, image: np.ndarray
+) -> None:
+    finding = predictor.findings[0]
+    one = {
+        n: heatmaps(predictor, image, finding, layers=[n])[0].heatmap for n in ("layer2", "layer3")
+    }
+    fused = heatmaps(predictor, image, finding, layers=["layer3", "layer2"])[0].heatmap
+    assert fused.shape == image.shape and 0 <= fused.min() and fused.max() <= 1
+    # each layer's map is clipped to [0, 1] only after the mean, so compare where neither is
+    inside = (
+        (one["layer2"] > 0.01)
+        & (one["layer2"] < 0.99)
+        & (one["layer3"] > 0.01)
+        & (one["layer3"] < 0.99)
+    )
+    assert inside.mean() > 0.2
+    np.testing.assert_allclose(
+        fused[inside], ((one["layer2"] + one["layer3"]) / 2)[inside], atol=0.02
+    )
+    assert not np.allclose(one["layer2"], one["layer3"], atol=0.05)
 
 
 def test_vit_reshape_drops_prefix_tokens() -> None:
@@ -137,7 +173,7 @@ def test_vit_cam_with_token_reshape(backbone: str, kwargs: dict[str, int], size:
     torch.manual_seed(0)
     model = timm.create_model(backbone, pretrained=False, num_classes=3, in_chans=1, **kwargs)
     model.eval()
-    layer = cam_layer(model, backbone, size)
+    (layer,) = cam_layers(model, backbone, size)
     assert layer.module is model.blocks[-1].norm1 and layer.reshape is not None
     assert layer.grid == (size // model.patch_embed.patch_size[0],) * 2
     with open_cam(model, layer, "gradcam") as cam:
@@ -163,7 +199,7 @@ def test_hooks_released_and_memory_bounded(predictor: Predictor, image: np.ndarr
         nn.Flatten(),
         nn.Linear(8, 2),
     ).eval()
-    layer = cam_layer(small, "tiny", 32)  # the probe finds its last spatial layer
+    (layer,) = cam_layers(small, "tiny", 32)  # the probe finds its last spatial layer
     assert layer.name == "3" and layer.grid == (28, 28)
     x = torch.randn(1, 1, 32, 32)
 
@@ -182,7 +218,7 @@ def test_hooks_released_and_memory_bounded(predictor: Predictor, image: np.ndarr
         if method != "scorecam":
             heatmaps(predictor, image, predictor.findings[0], method=method)
     assert no_hooks(predictor.model)
-    target, _ = cam_target(predictor)
+    (target, _), *_ = cam_targets(predictor)
     with pytest.raises(IndexError), open_cam(predictor.model, target, "gradcam"):
         raise IndexError("propagates; pytorch-grad-cam's own __exit__ would swallow it")
     assert no_hooks(predictor.model)
@@ -322,7 +358,7 @@ def test_cli_folder_mode_exit_code(
     )
     captured = capsys.readouterr()
     assert rc == 3 and "bad.png" in captured.err and "1 image(s) explained" in captured.out
-    assert "CAM layer layer3 (3 x 3 grid)" in captured.out  # 48 px input, stride 16
+    assert "CAM layers: layer3 (3 x 3)\n" in captured.out  # 48 px input, stride 16
 
 
 def test_cam_evaluate_end_to_end(
@@ -352,8 +388,8 @@ def test_cam_evaluate_end_to_end(
     assert rc == 0 and "pointing" in capsys.readouterr().out
     result = json.loads((out / "localization.json").read_text())
     assert result["top_percent"] == 20 and set(result["methods"]) == {"gradcam", "eigencam"}
-    # 48 px: layer4 is 2 x 2, layer3 3 x 3, neither reaches 7 cells; the stride-8 stage
-    assert (result["layer"], result["grid"]) == ("layer2", [6, 6])
+    # 48 px: layer4 is 2 x 2, layer3 3 x 3, layer2 6 x 6: none has 7 cells; the stride-8 stage
+    assert result["layers"] == [{"name": "layer2", "grid": [6, 6]}]
     test_ids = set((phantom / "test_list.txt").read_text().split())
     boxes = read_boxes(phantom / "BBox_List_2017.csv")
     boxes = boxes[boxes["image"].isin(test_ids)]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cxrkit import checkpoint, models
-from cxrkit.cam_layers import cam_layer
+from cxrkit.cam_layers import cam_layers
 from cxrkit.config import AugmentConfig
 from cxrkit.errors import UserError
 from cxrkit.models import create_model, input_normalization
@@ -104,7 +104,7 @@ def test_backbones_give_logits_and_a_spatial_cam_layer(backbone: str) -> None:
     model = create_model(backbone, 3).eval()
     assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 3)
     seen: list[torch.Tensor] = []
-    layer = cam_layer(model, backbone, 64).module
+    layer = cam_layers(model, backbone, 64)[0].module
     handle = layer.register_forward_hook(lambda m, i, o: seen.append(o))
     model(torch.zeros(1, 1, 64, 64))
     handle.remove()
@@ -115,7 +115,7 @@ def test_backbones_give_logits_and_a_spatial_cam_layer(backbone: str) -> None:
 
 def test_output_stride_refines_the_cam_layer_and_travels_in_the_card() -> None:
     def cam_grid(model: torch.nn.Module) -> tuple[int, int]:
-        return cam_layer(model, "resnet10t", 128, "layer4").grid
+        return cam_layers(model, "resnet10t", 128, ["layer4"])[0].grid
 
     plain = create_model("resnet10t", 3)
     assert cam_grid(plain) == (4, 4)

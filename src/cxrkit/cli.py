@@ -284,8 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--layer",
-        help="module to hook, e.g. layer3 (default: the last feature map, or an earlier "
-        "stage when that map has fewer than 7 cells per side at the model's input size)",
+        help="module(s) to hook, a comma list whose maps are fused, e.g. layer3 or "
+        "layer2,layer3 (default: the last feature map; when it has fewer than 7 cells per "
+        "side at the model's input size, the deepest stage with 7 and the next finer one)",
     )
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument(

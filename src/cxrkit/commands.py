@@ -231,6 +231,7 @@ def cmd_cam(a: argparse.Namespace) -> int:
     from cxrkit.inference import Predictor
 
     methods = [m.strip() for m in a.method.split(",") if m.strip()]
+    layers = [n.strip() for n in a.layer.split(",") if n.strip()] if a.layer else None
     if a.evaluate:
         from cxrkit import localization as loc
 
@@ -247,7 +248,7 @@ def cmd_cam(a: argparse.Namespace) -> int:
             top_percent=a.top_percent,
             tolerance=a.tolerance,
             image_ids=ids,
-            layer=a.layer,
+            layers=layers,
         )
         settings = {
             "checkpoint": str(a.checkpoint),
@@ -261,16 +262,15 @@ def cmd_cam(a: argparse.Namespace) -> int:
         print(loc.format_table(result, a.top_percent))
         print(f"wrote {path} and {path.with_name('per_image.csv')}")
         return 0
-    from cxrkit.explain import cam_folder, cam_target
+    from cxrkit.explain import cam_folder, cam_targets, describe_layers
 
     if a.image is None:
         raise UserError("give --image FILE|DIR, or --evaluate with --boxes and --images")
     if len(methods) != 1:
         raise UserError("overlays take one --method; several are for --evaluate")
     predictor = Predictor.from_checkpoint(a.checkpoint)
-    target, _ = cam_target(predictor, a.layer)
-    print(f"CAM layer {target.name} ({target.grid[0]} x {target.grid[1]} grid)")
-    done = cam_folder(predictor, a.image, a.out, targets=a.target, method=methods[0], layer=a.layer)
+    print(f"CAM layers: {describe_layers(cam_targets(predictor, layers))}")
+    done = cam_folder(predictor, a.image, a.out, targets=a.target, method=methods[0], layers=layers)
     if len(done.written) == 1:
         for r in next(iter(done.written.values())):
             print(f"{r.finding}: p={r.probability:.3f} -> {r.overlay_path}")

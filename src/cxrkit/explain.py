@@ -4,8 +4,8 @@ Methods by name (case-insensitive): GradCAM, GradCAM++, HiResCAM, EigenCAM, Scor
 The CAM target is the finding's **logit** (``ClassifierOutputTarget``), not the sigmoid.
 EigenCAM ignores the target (first principal component of the activations), so it draws the
 same map for every finding. The target layer comes from :func:`cxrkit.cam_layers.cam_layer`:
-the family's last feature map, or an earlier stage when that map is too coarse for the input
-size; ``layer`` names any other module.
+the family's last feature map, or two earlier stages fused when that map is too coarse for
+the input size; ``layers`` names any other modules.
 
 The heatmap is computed on the target layer's grid, upsampled bicubically with each cell placed
 at its receptive field's measured centre (:mod:`cxrkit.cam_grid`), then mapped back through the
@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cxrkit.cam_grid import CellCentres, cell_centres, place_grid
-from cxrkit.cam_layers import CamLayer, cam_layer
+from cxrkit.cam_layers import CamLayer, cam_layers
 from cxrkit.errors import UserError, did_you_mean
 from cxrkit.infer_run import resolve_sources
 from cxrkit.inference import Predictor
@@ -94,14 +94,15 @@ def heatmaps(
     targets: str | Sequence[str],
     *,
     method: str = "gradcam",
-    layer: str | None = None,
+    layers: Sequence[str] | None = None,
 ) -> list[CamResult]:
     """CAMs of ``pixels`` ``(H, W)`` uint8 for ``targets``: a finding name, a list of them,
     ``positive`` (findings called positive at the card's thresholds, else the most probable
-    one) or ``all``, on the module named ``layer`` (default: see :mod:`cxrkit.cam_layers`).
-    Each heatmap is ``(H, W)`` float32 in [0, 1]."""
+    one) or ``all``, on the modules named ``layers`` (default: see :mod:`cxrkit.cam_layers`);
+    with several layers, the mean of their maps (each in [0, 1] on its own grid, placed on
+    the letterbox square). Each heatmap is ``(H, W)`` float32 in [0, 1]."""
     resolve_method(method)
-    target, centres = cam_target(predictor, layer)
+    targets_layers = cam_targets(predictor, layers)
     letterboxed = torch.from_numpy(predictor.preprocess(pixels)[None])
     probs = predictor.predict_batch(letterboxed)[0]
     findings = predictor.findings
@@ -116,39 +117,51 @@ def heatmaps(
                 raise did_you_mean(name, [*findings, "positive", "all"], what="CAM target")
         chosen = [findings.index(name) for name in names]
     x = predictor.model_input(letterboxed)
-    results = []
-    with open_cam(predictor.model, target, method) as cam:
-        cam.get_target_width_height = lambda _x: None  # keep the layer's grid (see cam_grid)
-        for j in chosen:
-            grid = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(j))])[0]
-            square = place_grid(grid, predictor.letterbox_size, predictor.input_size, centres)
-            heat = to_original(square, pixels.shape, predictor.letterbox_size)
-            results.append(CamResult(findings[j], float(probs[j]), heat))
-    return results
+    side = predictor.letterbox_size
+    squares = {j: np.zeros((side, side), np.float32) for j in chosen}
+    for layer, centres in targets_layers:
+        with open_cam(predictor.model, layer, method) as cam:
+            cam.get_target_width_height = lambda _x: None  # keep the layer's grid (cam_grid)
+            for j in chosen:
+                grid = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(j))])[0]
+                square = place_grid(grid, side, predictor.input_size, centres)
+                squares[j] += square / len(targets_layers)
+    return [
+        CamResult(findings[j], float(probs[j]), to_original(squares[j], pixels.shape, side))
+        for j in chosen
+    ]
 
 
-_TARGETS: weakref.WeakKeyDictionary[
-    nn.Module, dict[str | None, tuple[CamLayer, CellCentres | None]]
-] = weakref.WeakKeyDictionary()
+Target = tuple[CamLayer, CellCentres | None]
+_TARGETS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], list[Target]]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def cam_target(
-    predictor: Predictor, layer: str | None = None
-) -> tuple[CamLayer, CellCentres | None]:
-    """The predictor's CAM layer (``layer`` or the default) and its measured cell centres
-    (None for transformers, whose patch grid follows the half-pixel convention exactly);
-    worked out once per model and layer."""
+def cam_targets(predictor: Predictor, layers: Sequence[str] | None = None) -> list[Target]:
+    """The predictor's CAM layers (``layers`` or the default), each with its measured cell
+    centres (None for transformers, whose patch grid follows the half-pixel convention
+    exactly); worked out once per model and layer list."""
     model = predictor.model
     per_model = _TARGETS.setdefault(model, {})
-    if layer not in per_model:
-        target = cam_layer(model, predictor.card["backbone"], predictor.input_size, layer)
-        centres = (
-            None
-            if target.reshape is not None
-            else cell_centres(model, target.module, predictor.input_size)
-        )
-        per_model[layer] = (target, centres)
-    return per_model[layer]
+    key = tuple(layers or ())
+    if key not in per_model:
+        found = cam_layers(model, predictor.card["backbone"], predictor.input_size, layers)
+        per_model[key] = [
+            (
+                layer,
+                None
+                if layer.reshape is not None
+                else cell_centres(model, layer.module, predictor.input_size),
+            )
+            for layer in found
+        ]
+    return per_model[key]
+
+
+def describe_layers(targets: Sequence[Target]) -> str:
+    """``layer3 (8 x 8) + layer2 (16 x 16)``: the hooked layers and their grids."""
+    return " + ".join(f"{layer.name} ({layer.grid[0]} x {layer.grid[1]})" for layer, _ in targets)
 
 
 def to_original(heatmap: np.ndarray, shape: tuple[int, int], letterbox_size: int) -> np.ndarray:
@@ -203,13 +216,13 @@ def cam_image(
     *,
     targets: str = "positive",
     method: str = "gradcam",
-    layer: str | None = None,
+    layers: Sequence[str] | None = None,
     name: str | None = None,
 ) -> list[CamResult]:
     """Write ``OUT/<name>_<finding>.png`` overlays and ``.npy`` heatmaps for one image;
     ``name`` (default: the file's stem) may hold sub-folders, e.g. ``ward1/img7``."""
     pixels = read_xray(image).pixels
-    results = heatmaps(predictor, pixels, targets, method=method, layer=layer)
+    results = heatmaps(predictor, pixels, targets, method=method, layers=layers)
     base = Path(out_dir) / (name or Path(image).stem)
     base.parent.mkdir(parents=True, exist_ok=True)
     for r in results:
@@ -236,7 +249,7 @@ def cam_folder(
     *,
     targets: str = "positive",
     method: str = "gradcam",
-    layer: str | None = None,
+    layers: Sequence[str] | None = None,
     progress: bool = True,
 ) -> FolderResult:
     """CAMs of a file, or of every image under a folder (recursive), written as
@@ -252,7 +265,7 @@ def cam_folder(
         name = str(path.relative_to(source).with_suffix("")) if source.is_dir() else path.stem
         try:
             result.written[path] = cam_image(
-                predictor, path, out_dir, targets=targets, method=method, layer=layer, name=name
+                predictor, path, out_dir, targets=targets, method=method, layers=layers, name=name
             )
         except ImageReadError as err:
             result.failed.append((path, err.reason))

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from cxrkit.errors import UserError
-from cxrkit.explain import cam_target, heatmaps, resolve_method
+from cxrkit.explain import cam_targets, heatmaps, resolve_method
 from cxrkit.infer_run import resolve_sources
 from cxrkit.inference import Predictor
 from cxrkit.io import ImageReadError, read_xray
@@ -136,13 +136,12 @@ def read_image_list(path: str | Path) -> set[str]:
 @dataclass
 class LocalizationResult:
     """``summary[method][finding]`` (and ``"all"``) metrics, one row per image, finding and
-    method (``status`` ``ok`` or the reason it was skipped), and the CAM layer's name and
-    grid ``(H, W)``."""
+    method (``status`` ``ok`` or the reason it was skipped), and the CAM layers' names and
+    grids ``(H, W)`` (several layers: their maps were fused)."""
 
     summary: dict[str, Summary]
     per_image: pd.DataFrame
-    layer: str
-    grid: tuple[int, int]
+    layers: list[tuple[str, tuple[int, int]]]
 
 
 def evaluate_localization(
@@ -154,15 +153,15 @@ def evaluate_localization(
     top_percent: float = 10.0,
     tolerance: float = 0.0,
     image_ids: set[str] | None = None,
-    layer: str | None = None,
+    layers: Sequence[str] | None = None,
     progress: bool = True,
 ) -> LocalizationResult:
     """Score each method's heatmaps on every (image, finding) pair of ``boxes`` (restricted to
     ``image_ids`` when given) whose image is found under ``images`` (by file name, recursive)
-    and whose finding the model calls positive, on the CAM layer named ``layer`` (default: see
-    :mod:`cxrkit.cam_layers`)."""
+    and whose finding the model calls positive, on the CAM layers named ``layers`` (default:
+    see :mod:`cxrkit.cam_layers`)."""
     methods = [resolve_method(m) for m in methods]
-    target, _ = cam_target(predictor, layer)
+    hooked = [(layer.name, layer.grid) for layer, _ in cam_targets(predictor, layers)]
     top_mask(np.zeros((1, 1)), top_percent)  # validates top_percent before any work
     if image_ids is not None:
         boxes = boxes[boxes["image"].isin(image_ids)]
@@ -195,7 +194,8 @@ def evaluate_localization(
                 for f, s in status.items()
                 if s != "ok"
             ]
-            for r in heatmaps(predictor, pixels, todo, method=method, layer=layer) if todo else []:
+            found = heatmaps(predictor, pixels, todo, method=method, layers=layers) if todo else []
+            for r in found:
                 rows.append(
                     {
                         "method": method,
@@ -208,7 +208,7 @@ def evaluate_localization(
                 )
     table = pd.DataFrame(rows, columns=PER_IMAGE_COLUMNS)
     summary = {m: summarise(table[table["method"] == m]) for m in methods}
-    return LocalizationResult(summary, table, target.name, target.grid)
+    return LocalizationResult(summary, table, hooked)
 
 
 def _scores(
@@ -264,15 +264,15 @@ def write_localization(
     out.mkdir(parents=True, exist_ok=True)
     result.per_image.to_csv(out / "per_image.csv", index=False)
     path = out / "localization.json"
-    layer = {"layer": result.layer, "grid": list(result.grid)}
-    path.write_text(json.dumps({**settings, **layer, "methods": result.summary}, indent=2) + "\n")
+    layers = [{"name": name, "grid": list(grid)} for name, grid in result.layers]
+    document = {**settings, "layers": layers, "methods": result.summary}
+    path.write_text(json.dumps(document, indent=2) + "\n")
     return path
 
 
 def format_table(result: LocalizationResult, top_percent: float) -> str:
-    """A text table: one line per method and finding, under a line naming the CAM layer."""
-    h, w = result.grid
-    title = f"CAM layer {result.layer} ({h} x {w} grid)\n"
+    """A text table: one line per method and finding, under a line naming the CAM layers."""
+    title = "CAM layers: " + " + ".join(f"{n} ({h} x {w})" for n, (h, w) in result.layers) + "\n"
     head = f"{'Method':<10} {'Finding':<16} {'pairs':>6} {'eval':>5} {'pointing':>9} "
     lines = [head + f"{f'IoU@{top_percent:g}%':>9}"]
     for method, summary in result.summary.items():
