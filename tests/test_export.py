@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from cxrkit.backends import OnnxBackend
+from cxrkit.backends import OnnxBackend, backend_available
 from cxrkit.bench_infer import bench_infer
 from cxrkit.checkpoint import file_sha256, load_model
 from cxrkit.cli import main
@@ -27,9 +28,9 @@ def ckpt(trained: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(ckpt: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One full export (ONNX, int8, AUROC change on val) shared by the tests below."""
+    """One full export (ONNX, static int8, AUROC change on val) shared by the tests below."""
     out = tmp_path_factory.mktemp("export") / "bundle"
-    return export_bundle(ckpt, out, quantize=True, data=prepared)
+    return export_bundle(ckpt, out, quantize="static", data=prepared)
 
 
 def _strict_json(text: str) -> dict:
@@ -85,18 +86,62 @@ def test_onnx_backend_predicts_like_torch(bundle: Path, prepared: Path) -> None:
     assert np.ptp(onnx_probs, axis=0).max() > 0
 
 
-def test_quantized_export_reports_the_auroc_change(bundle: Path, prepared: Path) -> None:
+def test_quantized_export_reports_the_auroc_change(
+    bundle: Path, ckpt: Path, prepared: Path, tmp_path: Path
+) -> None:
+    import onnx
+
     q = json.loads((bundle / "model_card.json").read_text())["quantization"]
-    assert q["file"] == "model.int8.onnx" and q["bytes"]["int8"] < q["bytes"]["fp32"]
+    assert q["file"] == "model.int8.onnx" and q["bytes"]["int8"] < q["bytes"]["fp32"] / 3
+    manifest = load_manifest(prepared)
+    assert q["method"] == "static"
+    assert q["calibration_images"] == min(200, len(manifest.rows("train")))
+    ops = {n.op_type for n in onnx.load(str(bundle / "model.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops  # QDQ: fused at load
     val = q["validation"]
-    assert val["split"] == "val" and val["n_images"] > 0
+    assert val["split"] == "val" and val["n_images"] == len(manifest.rows("val"))
     assert val["macro_auroc_change"] == pytest.approx(
         val["macro_auroc_int8"] - val["macro_auroc_fp32"]
     )
+    rows = manifest.rows("val")
+    fp32 = Predictor.from_checkpoint(bundle, backend="onnx").predict_manifest(
+        manifest, rows, calibrated=False
+    )
+    int8 = Predictor.from_checkpoint(bundle, backend="onnx-int8").predict_manifest(
+        manifest, rows, calibrated=False
+    )
+    diff = np.abs(int8 - fp32)
+    assert val["max_abs_prob_diff"] == pytest.approx(diff.max())
+    assert 0 < diff.mean() < 0.05  # quantised, yet close to fp32
+    dynamic = export_bundle(ckpt, tmp_path / "dynamic", quantize="dynamic")
+    card = json.loads((dynamic / "model_card.json").read_text())
+    assert card["quantization"]["method"] == "dynamic" and "validation" not in card["quantization"]
+    ops = {n.op_type for n in onnx.load(str(dynamic / "model.int8.onnx")).graph.node}
+    assert "ConvInteger" in ops
+    with pytest.raises(UserError, match="calibrates activation ranges.*--data PREP"):
+        export_bundle(ckpt, tmp_path / "s", quantize="static")
+    with pytest.raises(UserError, match="did you mean 'static'"):
+        export_bundle(ckpt, tmp_path / "s", quantize="statc", data=prepared)
+
+
+def test_openvino_backends_match_onnxruntime(
+    bundle: Path, prepared: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
     manifest = load_manifest(prepared)
-    rows = manifest.rows("test").iloc[:4]
-    probs = Predictor.from_checkpoint(bundle, backend="onnx-int8").predict_manifest(manifest, rows)
-    assert probs.shape == (4, len(load_model(bundle).findings))
+    rows = manifest.rows("val")
+
+    def probs(backend: str) -> np.ndarray:
+        predictor = Predictor.from_checkpoint(bundle, backend=backend)
+        return predictor.predict_manifest(manifest, rows, calibrated=False)
+
+    np.testing.assert_allclose(probs("openvino"), probs("onnx"), rtol=0, atol=1e-4)
+    int8 = probs("openvino-int8")  # the same QDQ file, OpenVINO's own int8 kernels
+    assert np.abs(int8 - probs("onnx-int8")).mean() < 0.02
+    assert np.ptp(int8, axis=0).max() > 0
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
+    with pytest.raises(UserError, match=r"pip install 'cxrkit\[openvino\]'"):
+        Predictor.from_checkpoint(bundle, backend="openvino-int8")
 
 
 def test_auto_backend_runs_a_bundles_onnx_on_cpu(bundle: Path, ckpt: Path, tmp_path: Path) -> None:
@@ -140,7 +185,7 @@ def test_export_options_and_cli(bundle: Path, ckpt: Path, prepared: Path, tmp_pa
         export_bundle(ckpt, out, onnx=False)
     export_bundle(ckpt, out, onnx=False, overwrite=True)
     with pytest.raises(UserError, match="drop --no-onnx"):
-        export_bundle(ckpt, tmp_path / "q", onnx=False, quantize=True)
+        export_bundle(ckpt, tmp_path / "q", onnx=False, quantize="dynamic")
     image = load_manifest(prepared).rows("test")["path"].iloc[0]
     csv = tmp_path / "pred.csv"
     argv = f"infer --checkpoint {bundle} --source {image} --out {csv} --backend onnx --workers 0"
@@ -154,12 +199,32 @@ def test_bench_infer_times_each_backend_and_the_one_infer_uses(
     images.mkdir()
     for p in load_manifest(prepared).rows("test")["path"].iloc[:5]:
         shutil.copy(p, images)
-    result = bench_infer(images, checkpoint=bundle, batch_size=2, precision="fp32", repeat=1)
-    assert set(result.model) == {"torch-fp32", "torch-bf16", "onnx"}
-    assert result.backend == "onnx" and result.n_images == 5
-    assert all(v > 0 for v in result.model.values()) and result.end_to_end > 0
-    assert "end to end (5 images, onnx)" in "\n".join(result.lines())
+    result = bench_infer(
+        images,
+        checkpoint=bundle,
+        batch_size=2,
+        precision="fp32",
+        backends=("auto", "onnx-int8"),
+        repeat=1,
+    )
+    runtimes = {"onnx", "onnx-int8"} | (
+        {"openvino", "openvino-int8"} if backend_available("openvino") else set()
+    )
+    assert set(result.model) == {"torch-fp32", "torch-bf16", *runtimes}
+    assert set(result.end_to_end) == {"onnx", "onnx-int8"} and result.n_images == 5
+    assert all(v > 0 for v in [*result.model.values(), *result.end_to_end.values()])
+    assert "end to end (5 images, onnx-int8)" in "\n".join(result.lines())
     plain = bench_infer(images, checkpoint=ckpt, batch_size=2, precision="fp32", repeat=1)
-    assert set(plain.model) == {"torch-fp32", "torch-bf16"} and plain.backend == "torch-fp32"
+    assert set(plain.model) == {"torch-fp32", "torch-bf16"} and set(plain.end_to_end) == {
+        "torch-fp32"
+    }
+    with pytest.raises(UserError, match="is a checkpoint"):
+        bench_infer(images, checkpoint=ckpt, backends=("onnx-int8",), repeat=1)
     stand = bench_infer(images, backbone="resnet10t", input_size=64, onnx=False, repeat=1)
     assert "onnx" not in stand.model
+    quantised = bench_infer(
+        images, backbone="resnet10t", input_size=64, backends=("onnx-int8",), repeat=1
+    )
+    assert {"onnx", "onnx-int8"} <= set(quantised.model) and set(quantised.end_to_end) == {
+        "onnx-int8"
+    }

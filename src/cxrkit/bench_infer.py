@@ -1,49 +1,56 @@
 """``cxrkit bench infer``: model-only and end-to-end inference images/s on this machine.
 
 Model-only: the network's forward pass on ready, normalised ``(B, 1, S, S)`` batches: PyTorch
-fp32 channels_last, PyTorch bf16 autocast, and onnxruntime (the bundle's ``model.onnx``; with
-no bundle, the stand-in exported to a temporary ONNX file). End-to-end: ``cxrkit infer``'s path
-over a folder of real images — decode and letterbox (background thread or worker processes),
-resize, normalise, forward, sigmoid — with the backend ``infer`` would choose. With no
-checkpoint, an untrained backbone stands in (speed does not depend on the weights).
+fp32 channels_last, PyTorch bf16 autocast, and onnxruntime and OpenVINO (when installed) on
+``model.onnx`` and ``model.int8.onnx`` where the bundle has them; with no bundle, the
+stand-in is exported to a temporary ONNX file and quantised statically, calibrated on the
+first benchmark images.
+End-to-end: ``cxrkit infer``'s path over a folder of real images — decode and letterbox
+(background thread or worker processes), resize, normalise, forward, sigmoid — with each
+requested backend (default: the one ``infer`` would choose). With no checkpoint, an untrained
+backbone stands in (speed does not depend on the weights).
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from cxrkit.backends import ONNX_FILE
+from cxrkit.backends import INT8_FILE, ONNX_FILE, ONNX_FILES, backend_available
 from cxrkit.checkpoint import LoadedModel
 from cxrkit.export import export_onnx
 from cxrkit.infer_run import predict_paths, resolve_sources
 from cxrkit.inference import Predictor
 from cxrkit.labels import NIH_FINDINGS
 from cxrkit.models import create_model, input_normalization
+from cxrkit.quantize import file_calibration, quantize_onnx
+
+#: benchmark images that calibrate the stand-in's static int8 ranges
+CALIBRATION = 32
 
 
 @dataclass
 class InferBench:
-    """Images/s: ``model`` per ``torch-fp32`` / ``torch-bf16`` / ``onnx``; ``end_to_end`` with
-    ``backend`` (the key of ``model`` it is compared with)."""
+    """Images/s: ``model`` per ``torch-fp32`` / ``torch-bf16`` / ``onnx`` / ``onnx-int8``;
+    ``end_to_end`` per backend run, under the same keys."""
 
     model: dict[str, float]
-    end_to_end: float
-    backend: str
+    end_to_end: dict[str, float]
     n_images: int
     threads: int
 
     def lines(self) -> list[str]:
         out = [f"model only, {k}: {v:.1f} images/s" for k, v in self.model.items()]
-        ratio = self.end_to_end / self.model[self.backend]
-        out.append(
-            f"end to end ({self.n_images} images, {self.backend}): "
-            f"{self.end_to_end:.1f} images/s = {ratio:.2f} of model-only"
-        )
+        for key, rate in self.end_to_end.items():
+            out.append(
+                f"end to end ({self.n_images} images, {key}): "
+                f"{rate:.1f} images/s = {rate / self.model[key]:.2f} of model-only"
+            )
         out.append(f"torch threads: {self.threads}")
         return out
 
@@ -61,11 +68,14 @@ def stand_in(backbone: str, input_size: int, letterbox_size: int) -> LoadedModel
     return LoadedModel(model=model, card=card)
 
 
-def with_onnx(loaded: LoadedModel, folder: Path) -> LoadedModel:
-    """The stand-in ``loaded`` exported to ``folder/model.onnx`` and usable by the onnx backend
-    (as a bundle would be; the file is checked against PyTorch by :func:`export_onnx`)."""
+def with_onnx(loaded: LoadedModel, folder: Path, calibration: Sequence[Path]) -> LoadedModel:
+    """The stand-in ``loaded`` exported to ``folder/model.onnx`` (checked against PyTorch by
+    :func:`export_onnx`) and quantised to ``model.int8.onnx`` (static, calibrated on the
+    ``calibration`` images), usable by the onnx backends as a bundle would be."""
     export_onnx(loaded.model, folder / ONNX_FILE, int(loaded.card["input_size"]))
-    card = {**loaded.card, "files": {ONNX_FILE: {}}}
+    batches = file_calibration(loaded, calibration)
+    quantize_onnx(folder / ONNX_FILE, folder / INT8_FILE, "static", batches)
+    card = {**loaded.card, "files": {ONNX_FILE: {}, INT8_FILE: {}}}
     return LoadedModel(model=loaded.model, card=card, source=folder)
 
 
@@ -88,36 +98,49 @@ def bench_infer(
     workers: int = 0,
     precision: str = "auto",
     onnx: bool = True,
+    backends: Sequence[str] = ("auto",),
     repeat: int = 3,
 ) -> InferBench:
-    """Measure :class:`InferBench` on the images under ``images``; ``onnx=False`` skips the
-    stand-in's ONNX export (about a minute) and so the onnx figures."""
+    """Measure :class:`InferBench` on the images under ``images``, end to end with each of
+    ``backends`` (names as ``infer --backend``); ``onnx=False`` skips the stand-in's ONNX export
+    and quantisation (a minute or two) and so the onnx figures."""
     paths = resolve_sources(images)
     with tempfile.TemporaryDirectory(prefix="cxrkit-bench-") as tmp:
         if checkpoint:
             loaded = Predictor.from_checkpoint(checkpoint).loaded
         else:
             loaded = stand_in(backbone, input_size, letterbox_size)
-            loaded = with_onnx(loaded, Path(tmp)) if onnx else loaded
+            loaded = with_onnx(loaded, Path(tmp), paths[:CALIBRATION]) if onnx else loaded
         size = int(loaded.card["input_size"])
         x = torch.randn(batch_size, 1, size, size).contiguous(memory_format=torch.channels_last)
+        files = (loaded.card.get("files") or {}) if loaded.source is not None else {}
         runs = {"torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16")}
-        if Predictor(loaded, precision="fp32").backend_name == "onnx":
-            runs["onnx"] = ("onnx", "fp32")
+        runs |= {
+            name: (name, "fp32")
+            for name, file in ONNX_FILES.items()
+            if file in files and backend_available(name)
+        }
         model_rates = {}
         for key, (backend, prec) in runs.items():
             p = Predictor(loaded, batch_size=batch_size, precision=prec, backend=backend)
             with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=p.bf16):
                 model_rates[key] = _rate(batch_size, lambda p=p: p.backend(x), repeat)
-        predictor = Predictor(loaded, batch_size=batch_size, precision=precision)
-        used = "onnx" if predictor.backend_name == "onnx" else f"torch-{_prec(predictor)}"
-        list(predict_paths(predictor, paths[: batch_size * 2], workers=workers))  # warm-up
-        start = time.perf_counter()
-        for _ in predict_paths(predictor, paths, workers=workers):
-            pass
-        end_to_end = len(paths) / (time.perf_counter() - start)
-    return InferBench(model_rates, end_to_end, used, len(paths), torch.get_num_threads())
+        end_to_end = {}
+        for backend in backends:
+            predictor = Predictor(
+                loaded, batch_size=batch_size, precision=precision, backend=backend
+            )
+            key = _key(predictor)
+            list(predict_paths(predictor, paths[: batch_size * 2], workers=workers))  # warm-up
+            start = time.perf_counter()
+            for _ in predict_paths(predictor, paths, workers=workers):
+                pass
+            end_to_end[key] = len(paths) / (time.perf_counter() - start)
+    return InferBench(model_rates, end_to_end, len(paths), torch.get_num_threads())
 
 
-def _prec(predictor: Predictor) -> str:
-    return "bf16" if predictor.bf16 else "fp32"
+def _key(predictor: Predictor) -> str:
+    """The :attr:`InferBench.model` key of the predictor's backend and precision."""
+    if predictor.backend_name != "torch":
+        return predictor.backend_name
+    return "torch-bf16" if predictor.bf16 else "torch-fp32"

@@ -245,10 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--backend",
         default="auto",
-        choices=["auto", "torch", "onnx", "onnx-int8"],
-        help="onnx / onnx-int8: run the bundle's model.onnx / model.int8.onnx with "
-        "onnxruntime on CPU (--checkpoint must be a bundle from `cxrkit export`); auto "
-        "(default): onnx for a bundle with model.onnx on a CPU without native bf16, else torch",
+        help="auto, torch, onnx, onnx-int8, openvino or openvino-int8. onnx / onnx-int8: "
+        "the bundle's model.onnx / model.int8.onnx under onnxruntime; "
+        "openvino / openvino-int8: the same under OpenVINO (openvino-int8 with a static "
+        "--quantize export is the fastest on CPU); auto (default): onnx for a bundle with "
+        "model.onnx on a CPU without native bf16, else torch",
     )
     s.add_argument(
         "--dicom-tags",
@@ -325,13 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-onnx", action="store_true", help="skip model.onnx")
     s.add_argument(
         "--quantize",
-        action="store_true",
-        help="also write model.int8.onnx (onnxruntime dynamic int8, for CPU)",
+        choices=["static", "dynamic"],
+        help="also write model.int8.onnx for --backend onnx-int8: static (calibrated on "
+        "--data's training images; the faster one) or dynamic",
     )
     s.add_argument(
         "--data",
-        help="with --quantize: prepared folder whose val split measures "
-        "the macro AUROC change of int8 (stored in the card)",
+        help="with --quantize: prepared folder; its train split calibrates static int8 and "
+        "its val split measures the macro AUROC change (stored in the card)",
     )
     s.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -358,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-upload-mb", type=float, default=50.0, help="upload limit (413 above)")
     s.add_argument("--max-queue", type=int, default=8, help="requests waiting beyond --workers")
     s.add_argument("--workers", type=int, default=1, help="prediction threads (default 1)")
+    s.add_argument(
+        "--backend",
+        default="auto",
+        help="as infer --backend: auto, torch, onnx, onnx-int8, openvino, openvino-int8 "
+        "(heatmaps always use the PyTorch weights)",
+    )
     s.add_argument("--timeout", type=float, default=60.0, help="seconds per request (408/504)")
     return p
 

@@ -30,10 +30,16 @@ def add_bench_parsers(bench: argparse._SubParsersAction, decode_workers: int) ->
     )
     b.add_argument("--precision", default="auto", choices=["fp32", "bf16", "auto"])
     b.add_argument(
+        "--backend",
+        default="auto",
+        help="end-to-end run(s) with these infer backends, a comma list, e.g. onnx,onnx-int8 "
+        "(default auto: the one infer would choose)",
+    )
+    b.add_argument(
         "--no-onnx",
         dest="onnx",
         action="store_false",
-        help="skip exporting the stand-in to ONNX (about a minute) and the onnx figures",
+        help="skip exporting and quantising the stand-in (a minute or two) and the onnx figures",
     )
 
     b = bench.add_parser(

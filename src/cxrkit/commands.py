@@ -349,6 +349,7 @@ def cmd_bench_infer(a: argparse.Namespace) -> int:
         workers=a.workers,
         precision=a.precision,
         onnx=a.onnx,
+        backends=[b.strip() for b in a.backend.split(",") if b.strip()],
     )
     print("\n".join(result.lines()))
     return 0
@@ -376,7 +377,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         workers=a.workers,
         timeout=a.timeout,
     )
-    predictor = Predictor.from_checkpoint(a.checkpoint)
+    predictor = Predictor.from_checkpoint(a.checkpoint, backend=a.backend)
     engine = Engine(predictor, max_pixels=settings.max_pixels, display_size=settings.display_size)
     host = f"[{a.host}]" if ":" in a.host else a.host
     print(f"cxrkit serve: {len(engine.findings)} findings from {a.checkpoint}")

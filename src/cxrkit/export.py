@@ -3,11 +3,12 @@
     BUNDLE/model_card.json     the model card, "format": "cxrkit-bundle/1", each file's sha256
     BUNDLE/model.safetensors   the network's state_dict
     BUNDLE/model.onnx          normalised float (N, 1, S, S) -> logits (N, C), dynamic batch
-    BUNDLE/model.int8.onnx     with quantize: onnxruntime dynamic int8 quantisation (CPU)
+    BUNDLE/model.int8.onnx     with quantize: int8 for CPU, static or dynamic (cxrkit.quantize)
 
 The ONNX file is checked after export: onnxruntime and PyTorch must agree on a random batch
-of 3 within :data:`ONNX_TOLERANCE` on the logits. With ``data`` (a prepared folder), the
-validation macro AUROC of ``model.onnx`` and ``model.int8.onnx`` goes into the card.
+of 3 within :data:`ONNX_TOLERANCE` on the logits. With ``data`` (a prepared folder), static
+quantisation is calibrated on its training split, and the validation macro AUROC of
+``model.onnx`` and ``model.int8.onnx`` goes into the card.
 Load a bundle with :func:`cxrkit.checkpoint.load_model`; predict with
 ``Predictor.from_checkpoint(bundle, backend="onnx")``.
 """
@@ -36,7 +37,14 @@ from cxrkit.checkpoint import (
     file_sha256,
     load_model,
 )
-from cxrkit.errors import UserError
+from cxrkit.errors import UserError, did_you_mean
+from cxrkit.quantize import (
+    CALIBRATION_IMAGES,
+    QUANT_METHODS,
+    manifest_calibration,
+    quantization_auroc,
+    quantize_onnx,
+)
 
 ONNX_TOLERANCE = 1e-4  #: max abs difference of logits, onnxruntime vs PyTorch
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -49,16 +57,25 @@ def export_bundle(
     out_dir: str | Path,
     *,
     onnx: bool = True,
-    quantize: bool = False,
+    quantize: str | None = None,
     data: str | Path | None = None,
     opset: int | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the bundle of ``checkpoint`` (a checkpoint file or a bundle) to ``out_dir``."""
+    """Write the bundle of ``checkpoint`` (a checkpoint file or a bundle) to ``out_dir``;
+    ``quantize``: ``static`` (needs ``data``) or ``dynamic`` int8 (see :mod:`cxrkit.quantize`)."""
+    if quantize is not None and quantize not in QUANT_METHODS:
+        raise did_you_mean(quantize, QUANT_METHODS, what="--quantize method")
     if quantize and not onnx:
         raise UserError("--quantize quantises the ONNX model; drop --no-onnx")
     if data is not None and not quantize:
         raise UserError("--data measures the AUROC change of int8 quantisation; add --quantize")
+    if quantize == "static" and data is None:
+        raise UserError(
+            "--quantize static calibrates activation ranges on real images: add --data PREP "
+            f"(a prepared folder; {CALIBRATION_IMAGES} of its training images are used), "
+            "or use --quantize dynamic"
+        )
     loaded = load_model(checkpoint)
     out = Path(out_dir)
     if loaded.source is not None and out.resolve() == loaded.source.resolve():
@@ -72,7 +89,14 @@ def export_bundle(
     if onnx:
         card["onnx"] = export_onnx(model, out / ONNX_FILE, int(card["input_size"]), opset=opset)
     if quantize:
-        card["quantization"] = quantize_onnx(out / ONNX_FILE, out / INT8_FILE)
+        calibration = (
+            manifest_calibration(LoadedModel(model, card), data)
+            if quantize == "static" and data is not None
+            else None
+        )
+        card["quantization"] = quantize_onnx(
+            out / ONNX_FILE, out / INT8_FILE, quantize, calibration
+        )
     card.update(
         format=BUNDLE_FORMAT,
         exported={
@@ -138,51 +162,6 @@ def export_onnx(
         "output": {"name": OUTPUT_NAME, "shape": ["N", "C"], "content": "logits of findings"},
         "verified": {"batch": 3, "max_abs_logit_diff": diff, "tolerance": ONNX_TOLERANCE},
     }
-
-
-def quantize_onnx(src: Path, dst: Path) -> dict[str, Any]:
-    """Dynamic int8 quantisation of ``src`` with onnxruntime (weights int8 once, activations
-    quantised per batch at run time; Conv -> ConvInteger, Gemm/MatMul -> MatMulInteger)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(src, dst, weight_type=QuantType.QUInt8)
-    return {
-        "file": dst.name,
-        "method": "onnxruntime.quantization.quantize_dynamic",
-        "weight_type": "uint8",
-        "bytes": {"fp32": src.stat().st_size, "int8": dst.stat().st_size},
-    }
-
-
-def quantization_auroc(loaded: LoadedModel, data: str | Path) -> dict[str, Any]:
-    """Validation macro AUROC of ``model.onnx`` and ``model.int8.onnx`` (uncalibrated)."""
-    from cxrkit.inference import Predictor
-    from cxrkit.manifest import load_manifest
-    from cxrkit.metrics import roc_auc
-
-    manifest = load_manifest(data)
-    missing = [f for f in loaded.findings if f not in manifest.findings]
-    if missing:
-        raise UserError(f"{data} has no labels for {', '.join(missing)}, which the model predicts")
-    rows = manifest.rows("val")
-    if not len(rows):
-        raise UserError(f"{data} has no validation images to compare fp32 and int8 on")
-    y = manifest.labels(rows, loaded.findings)
-    result: dict[str, Any] = {
-        "split": "val",
-        "n_images": len(rows),
-        "data": str(Path(data).resolve()),
-    }
-    probs = {}
-    for name, backend in (("fp32", "onnx"), ("int8", "onnx-int8")):
-        predictor = Predictor(loaded, backend=backend)
-        probs[name] = predictor.predict_manifest(manifest, rows, calibrated=False)
-        result[f"macro_auroc_{name}"] = float(
-            np.nanmean(roc_auc(y, probs[name], classes=loaded.findings))
-        )
-    result["macro_auroc_change"] = result["macro_auroc_int8"] - result["macro_auroc_fp32"]
-    result["max_abs_prob_diff"] = float(np.abs(probs["int8"] - probs["fp32"]).max())
-    return result
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:

@@ -8,6 +8,7 @@ at the card's per-finding thresholds (0.5 where none were tuned).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -108,15 +109,10 @@ class Predictor:
         """``(N, C)`` probabilities -> ``(N, C)`` 0/1 calls at the card's thresholds."""
         return (probs >= self.thresholds).astype(np.int8)
 
-    def predict_manifest(
-        self,
-        manifest: Manifest,
-        rows: pd.DataFrame,
-        *,
-        progress: bool = False,
-        calibrated: bool = True,
-    ) -> np.ndarray:
-        """``(len(rows), C)`` probabilities for manifest rows, read from the image cache."""
+    def manifest_batches(
+        self, manifest: Manifest, rows: pd.DataFrame, *, progress: bool = False
+    ) -> Iterator[torch.Tensor]:
+        """``(B, 1, L, L)`` uint8 batches of manifest rows, in order, from the image cache."""
         spec = cache_spec(manifest)
         if spec.size != self.letterbox_size:
             raise UserError(
@@ -130,9 +126,21 @@ class Predictor:
             batch_size=max(self.batch_size, 32),
             shuffle=False,
         )
+        for images, _ in tqdm(loader, desc="predicting", disable=not progress):
+            yield images
+
+    def predict_manifest(
+        self,
+        manifest: Manifest,
+        rows: pd.DataFrame,
+        *,
+        progress: bool = False,
+        calibrated: bool = True,
+    ) -> np.ndarray:
+        """``(len(rows), C)`` probabilities for manifest rows, read from the image cache."""
         out = [
             self.predict_batch(images, calibrated=calibrated)
-            for images, _ in tqdm(loader, desc="predicting", disable=not progress)
+            for images in self.manifest_batches(manifest, rows, progress=progress)
         ]
         return np.concatenate(out) if out else np.zeros((0, len(self.findings)))
 
