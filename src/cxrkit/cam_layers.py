@@ -11,7 +11,7 @@ with the next finer stage, and their maps are fused (ResNet ``layer3`` 8 x 8 and
 16 x 16 at 128 px): the deeper map knows which structure, the finer one where, and small
 findings (the phantom's nodules) need the latter. pytorch-grad-cam fuses several target layers
 the same way (the mean of the per-layer maps, each scaled to [0, 1]). On the demo model
-(128 px) the pointing game went from 0.35 (``layer4``) to 0.69 (``layer3``) to 0.79 (fused) on
+(128 px) the pointing game went from 0.35 (``layer4``) to 0.69 (``layer3``) to 0.80 (fused) on
 a held-out phantom (docs/benchmarks.md). If no stage reaches seven cells, the stride-8 stage
 alone is used. Any modules can be named instead (``cxrkit cam --layer``).
 
