@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxrkit.backends import OnnxBackend, backend_available
+from cxrkit import bench_infer as bench_module
+from cxrkit.backends import OnnxBackend
 from cxrkit.bench_infer import bench_infer
 from cxrkit.checkpoint import file_sha256, load_model
 from cxrkit.cli import main
@@ -124,21 +126,37 @@ def test_quantized_export_reports_the_auroc_change(
         export_bundle(ckpt, tmp_path / "s", quantize="statc", data=prepared)
 
 
+#: OpenVINO runs in a child process: loaded into the pytest process, it was followed by a
+#: segfault in a later, unrelated test (training or a notebook kernel start; not reproduced
+#: outside pytest: `infer --backend openvino-int8 --workers 2` and Grad-CAM after OpenVINO run)
+OPENVINO_RUN = """
+import sys
+import numpy as np
+from cxrkit.inference import Predictor
+from cxrkit.manifest import load_manifest
+bundle, prepared, out = sys.argv[1:]
+manifest = load_manifest(prepared)
+rows = manifest.rows("val")
+probs = [
+    Predictor.from_checkpoint(bundle, backend=b).predict_manifest(manifest, rows, calibrated=False)
+    for b in ("onnx", "openvino", "onnx-int8", "openvino-int8")
+]
+np.save(out, np.stack(probs))
+"""
+
+
 def test_openvino_backends_match_onnxruntime(
-    bundle: Path, prepared: Path, monkeypatch: pytest.MonkeyPatch
+    bundle: Path, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    manifest = load_manifest(prepared)
-    rows = manifest.rows("val")
-
-    def probs(backend: str) -> np.ndarray:
-        predictor = Predictor.from_checkpoint(bundle, backend=backend)
-        return predictor.predict_manifest(manifest, rows, calibrated=False)
-
-    np.testing.assert_allclose(probs("openvino"), probs("onnx"), rtol=0, atol=1e-4)
-    int8 = probs("openvino-int8")  # the same QDQ file, OpenVINO's own int8 kernels
-    assert np.abs(int8 - probs("onnx-int8")).mean() < 0.02
-    assert np.ptp(int8, axis=0).max() > 0
+    out = tmp_path / "probs.npy"
+    run = [sys.executable, "-c", OPENVINO_RUN, str(bundle), str(prepared), str(out)]
+    subprocess.run(run, check=True, capture_output=True, timeout=600)
+    onnx, openvino, onnx_int8, openvino_int8 = np.load(out)
+    np.testing.assert_allclose(openvino, onnx, rtol=0, atol=1e-4)
+    # the same QDQ file, OpenVINO's own int8 kernels
+    assert np.abs(openvino_int8 - onnx_int8).mean() < 0.02
+    assert np.ptp(openvino_int8, axis=0).max() > 0
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed
     with pytest.raises(UserError, match=r"pip install 'cxrkit\[openvino\]'"):
         Predictor.from_checkpoint(bundle, backend="openvino-int8")
@@ -193,12 +211,14 @@ def test_export_options_and_cli(bundle: Path, ckpt: Path, prepared: Path, tmp_pa
 
 
 def test_bench_infer_times_each_backend_and_the_one_infer_uses(
-    bundle: Path, ckpt: Path, prepared: Path, tmp_path: Path
+    bundle: Path, ckpt: Path, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     images = tmp_path / "imgs"
     images.mkdir()
     for p in load_manifest(prepared).rows("test")["path"].iloc[:5]:
         shutil.copy(p, images)
+    # OpenVINO stays out of the pytest process (see OPENVINO_RUN)
+    monkeypatch.setattr(bench_module, "backend_available", lambda n: not n.startswith("openvino"))
     result = bench_infer(
         images,
         checkpoint=bundle,
@@ -207,10 +227,7 @@ def test_bench_infer_times_each_backend_and_the_one_infer_uses(
         backends=("auto", "onnx-int8"),
         repeat=1,
     )
-    runtimes = {"onnx", "onnx-int8"} | (
-        {"openvino", "openvino-int8"} if backend_available("openvino") else set()
-    )
-    assert set(result.model) == {"torch-fp32", "torch-bf16", *runtimes}
+    assert set(result.model) == {"torch-fp32", "torch-bf16", "onnx", "onnx-int8"}
     assert set(result.end_to_end) == {"onnx", "onnx-int8"} and result.n_images == 5
     assert all(v > 0 for v in [*result.model.values(), *result.end_to_end.values()])
     assert "end to end (5 images, onnx-int8)" in "\n".join(result.lines())
