@@ -111,6 +111,11 @@ def cam_layers(
     return layers[first : first + 2] if first > 0 else layers[:1]
 
 
+def describe_layers(layers: Sequence[CamLayer]) -> str:
+    """``layer3 (8 x 8) + layer2 (16 x 16)``: the hooked layers and their grids."""
+    return " + ".join(f"{layer.name} ({layer.grid[0]} x {layer.grid[1]})" for layer in layers)
+
+
 def _cnn_candidates(model: nn.Module, backbone: str, input_size: int) -> list[str]:
     """The family's last layer, then timm's earlier stages at stride >= 8, deepest first."""
     last = next((n for f, n in CAM_LAYERS.items() if backbone.startswith(f)), None)

@@ -34,6 +34,11 @@ def resolve_recipe(name: str) -> Path:
     raise did_you_mean(name, recipes, what="config file or recipe") from None
 
 
+def _comma_list(text: str | None) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``; None or empty -> ``[]``."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
 def cmd_synth(a: argparse.Namespace) -> int:
     from cxrkit.synth import generate_dataset
 
@@ -230,8 +235,8 @@ def _faster_hint(predictor: Predictor) -> str:
 def cmd_cam(a: argparse.Namespace) -> int:
     from cxrkit.inference import Predictor
 
-    methods = [m.strip() for m in a.method.split(",") if m.strip()]
-    layers = [n.strip() for n in a.layer.split(",") if n.strip()] if a.layer else None
+    methods = _comma_list(a.method)
+    layers = _comma_list(a.layer) or None
     if a.evaluate:
         from cxrkit import localization as loc
 
@@ -262,14 +267,15 @@ def cmd_cam(a: argparse.Namespace) -> int:
         print(loc.format_table(result, a.top_percent))
         print(f"wrote {path} and {path.with_name('per_image.csv')}")
         return 0
-    from cxrkit.explain import cam_folder, cam_targets, describe_layers
+    from cxrkit.cam_layers import describe_layers
+    from cxrkit.explain import cam_folder, cam_targets
 
     if a.image is None:
         raise UserError("give --image FILE|DIR, or --evaluate with --boxes and --images")
     if len(methods) != 1:
         raise UserError("overlays take one --method; several are for --evaluate")
     predictor = Predictor.from_checkpoint(a.checkpoint)
-    print(f"CAM layers: {describe_layers(cam_targets(predictor, layers))}")
+    print(f"CAM layers: {describe_layers([layer for layer, _ in cam_targets(predictor, layers)])}")
     done = cam_folder(predictor, a.image, a.out, targets=a.target, method=methods[0], layers=layers)
     if len(done.written) == 1:
         for r in next(iter(done.written.values())):
@@ -349,7 +355,7 @@ def cmd_bench_infer(a: argparse.Namespace) -> int:
         workers=a.workers,
         precision=a.precision,
         onnx=a.onnx,
-        backends=[b.strip() for b in a.backend.split(",") if b.strip()],
+        backends=_comma_list(a.backend),
     )
     print("\n".join(result.lines()))
     return 0

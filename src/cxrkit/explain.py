@@ -3,7 +3,7 @@
 Methods by name (case-insensitive): GradCAM, GradCAM++, HiResCAM, EigenCAM, ScoreCAM, LayerCAM.
 The CAM target is the finding's **logit** (``ClassifierOutputTarget``), not the sigmoid.
 EigenCAM ignores the target (first principal component of the activations), so it draws the
-same map for every finding. The target layer comes from :func:`cxrkit.cam_layers.cam_layer`:
+same map for every finding. The target layers come from :func:`cxrkit.cam_layers.cam_layers`:
 the family's last feature map, or two earlier stages fused when that map is too coarse for
 the input size; ``layers`` names any other modules.
 
@@ -157,11 +157,6 @@ def cam_targets(predictor: Predictor, layers: Sequence[str] | None = None) -> li
             for layer in found
         ]
     return per_model[key]
-
-
-def describe_layers(targets: Sequence[Target]) -> str:
-    """``layer3 (8 x 8) + layer2 (16 x 16)``: the hooked layers and their grids."""
-    return " + ".join(f"{layer.name} ({layer.grid[0]} x {layer.grid[1]})" for layer, _ in targets)
 
 
 def to_original(heatmap: np.ndarray, shape: tuple[int, int], letterbox_size: int) -> np.ndarray:

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from cxrkit.cam_layers import CamLayer, describe_layers
 from cxrkit.errors import UserError
 from cxrkit.explain import cam_targets, heatmaps, resolve_method
 from cxrkit.infer_run import resolve_sources
@@ -136,12 +137,12 @@ def read_image_list(path: str | Path) -> set[str]:
 @dataclass
 class LocalizationResult:
     """``summary[method][finding]`` (and ``"all"``) metrics, one row per image, finding and
-    method (``status`` ``ok`` or the reason it was skipped), and the CAM layers' names and
-    grids ``(H, W)`` (several layers: their maps were fused)."""
+    method (``status`` ``ok`` or the reason it was skipped), and the CAM layers hooked
+    (several: their maps were fused)."""
 
     summary: dict[str, Summary]
     per_image: pd.DataFrame
-    layers: list[tuple[str, tuple[int, int]]]
+    layers: list[CamLayer]
 
 
 def evaluate_localization(
@@ -161,7 +162,7 @@ def evaluate_localization(
     and whose finding the model calls positive, on the CAM layers named ``layers`` (default:
     see :mod:`cxrkit.cam_layers`)."""
     methods = [resolve_method(m) for m in methods]
-    hooked = [(layer.name, layer.grid) for layer, _ in cam_targets(predictor, layers)]
+    hooked = [layer for layer, _ in cam_targets(predictor, layers)]
     top_mask(np.zeros((1, 1)), top_percent)  # validates top_percent before any work
     if image_ids is not None:
         boxes = boxes[boxes["image"].isin(image_ids)]
@@ -264,7 +265,7 @@ def write_localization(
     out.mkdir(parents=True, exist_ok=True)
     result.per_image.to_csv(out / "per_image.csv", index=False)
     path = out / "localization.json"
-    layers = [{"name": name, "grid": list(grid)} for name, grid in result.layers]
+    layers = [{"name": layer.name, "grid": list(layer.grid)} for layer in result.layers]
     document = {**settings, "layers": layers, "methods": result.summary}
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path
@@ -272,7 +273,7 @@ def write_localization(
 
 def format_table(result: LocalizationResult, top_percent: float) -> str:
     """A text table: one line per method and finding, under a line naming the CAM layers."""
-    title = "CAM layers: " + " + ".join(f"{n} ({h} x {w})" for n, (h, w) in result.layers) + "\n"
+    title = f"CAM layers: {describe_layers(result.layers)}\n"
     head = f"{'Method':<10} {'Finding':<16} {'pairs':>6} {'eval':>5} {'pointing':>9} "
     lines = [head + f"{f'IoU@{top_percent:g}%':>9}"]
     for method, summary in result.summary.items():
