@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +80,27 @@ def test_thread_decoding_keeps_order_errors_and_batches(
     for it in items[:3]:
         np.testing.assert_array_equal(it.pixels, dataset[it.index].pixels)
     assert list(decoded_batches(_Decode([], 64, None, ()), 3, workers=0)) == []
+
+
+class _RecordPriority(_Decode):
+    """Records the CPU priority of the thread that decodes each item."""
+
+    seen: list[int]
+
+    def __getitem__(self, i: int):  # noqa: ANN204 - as the parent
+        self.seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return super().__getitem__(i)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_decoding_threads_yield_the_cores_to_the_model(images: list[Path]) -> None:
+    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    dataset = _RecordPriority(images, 64, None, ())
+    dataset.seen = []
+    items = [it for b in decoded_batches(dataset, 2, workers=0) for it in b]
+    assert len(images) > 2 and [it.index for it in items] == list(range(len(images)))
+    assert dataset.seen == [19] * len(images)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before < 19
 
 
 def test_resume_neither_redoes_nor_duplicates(

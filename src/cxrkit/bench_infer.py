@@ -6,13 +6,15 @@ fp32 channels_last, PyTorch bf16 autocast, and onnxruntime and OpenVINO (when in
 stand-in is exported to a temporary ONNX file and quantised statically, calibrated on the
 first benchmark images.
 End-to-end: ``cxrkit infer``'s path over a folder of real images — decode and letterbox
-(background thread or worker processes), resize, normalise, forward, sigmoid — with each
-requested backend (default: the one ``infer`` would choose). With no checkpoint, an untrained
-backbone stands in (speed does not depend on the weights).
+(low-priority threads or worker processes), resize, normalise, forward, sigmoid — with each
+requested backend (default: the one ``infer`` would choose). Model-only and end-to-end runs
+alternate over rounds and each figure is a median (see :func:`bench_infer`). With no
+checkpoint, an untrained backbone stands in (speed does not depend on the weights).
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
@@ -79,12 +81,22 @@ def with_onnx(loaded: LoadedModel, folder: Path, calibration: Sequence[Path]) ->
     return LoadedModel(model=loaded.model, card=card, source=folder)
 
 
-def _rate(n: int, fn, repeat: int) -> float:  # noqa: ANN001 - a plain callable
-    fn()
+def _model_rate(predictor: Predictor, x: torch.Tensor, batches: int) -> float:
+    """Images/s of ``batches`` forward passes of the ready batch ``x`` (one untimed first)."""
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=predictor.bf16):
+        predictor.backend(x)
+        start = time.perf_counter()
+        for _ in range(batches):
+            predictor.backend(x)
+    return len(x) * batches / (time.perf_counter() - start)
+
+
+def _end_to_end_rate(predictor: Predictor, paths: Sequence[Path], workers: int) -> float:
+    """Images/s of one :func:`predict_paths` pass over ``paths``, start-up included."""
     start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    return n * repeat / (time.perf_counter() - start)
+    for _ in predict_paths(predictor, paths, workers=workers):
+        pass
+    return len(paths) / (time.perf_counter() - start)
 
 
 def bench_infer(
@@ -103,7 +115,11 @@ def bench_infer(
 ) -> InferBench:
     """Measure :class:`InferBench` on the images under ``images``, end to end with each of
     ``backends`` (names as ``infer --backend``); ``onnx=False`` skips the stand-in's ONNX export
-    and quantisation (a minute or two) and so the onnx figures."""
+    and quantisation (a minute or two) and so the onnx figures.
+
+    ``repeat`` rounds, each timing every model-only run (4 batches) and then every end-to-end
+    pass; the figures are the medians over rounds, so a model-only figure and its end-to-end
+    figure come from the same moments and drift in the machine's speed hits both alike."""
     paths = resolve_sources(images)
     with tempfile.TemporaryDirectory(prefix="cxrkit-bench-") as tmp:
         if checkpoint:
@@ -120,23 +136,30 @@ def bench_infer(
             for name, file in ONNX_FILES.items()
             if file in files and backend_available(name)
         }
-        model_rates = {}
-        for key, (backend, prec) in runs.items():
-            p = Predictor(loaded, batch_size=batch_size, precision=prec, backend=backend)
-            with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=p.bf16):
-                model_rates[key] = _rate(batch_size, lambda p=p: p.backend(x), repeat)
-        end_to_end = {}
-        for backend in backends:
-            predictor = Predictor(
-                loaded, batch_size=batch_size, precision=precision, backend=backend
-            )
-            key = _key(predictor)
-            list(predict_paths(predictor, paths[: batch_size * 2], workers=workers))  # warm-up
-            start = time.perf_counter()
-            for _ in predict_paths(predictor, paths, workers=workers):
-                pass
-            end_to_end[key] = len(paths) / (time.perf_counter() - start)
-    return InferBench(model_rates, end_to_end, len(paths), torch.get_num_threads())
+        models = {
+            key: Predictor(loaded, batch_size=batch_size, precision=prec, backend=backend)
+            for key, (backend, prec) in runs.items()
+        }
+        ends = [
+            Predictor(loaded, batch_size=batch_size, precision=precision, backend=backend)
+            for backend in backends
+        ]
+        ends_by_key = {_key(p): p for p in ends}
+        for predictor in ends_by_key.values():  # warm-up: first-call allocations, file cache
+            list(predict_paths(predictor, paths[: batch_size * 2], workers=workers))
+        model_rates: dict[str, list[float]] = {key: [] for key in models}
+        end_rates: dict[str, list[float]] = {key: [] for key in ends_by_key}
+        for _ in range(repeat):
+            for key, predictor in models.items():
+                model_rates[key].append(_model_rate(predictor, x, batches=4))
+            for key, predictor in ends_by_key.items():
+                end_rates[key].append(_end_to_end_rate(predictor, paths, workers))
+    return InferBench(
+        {k: statistics.median(v) for k, v in model_rates.items()},
+        {k: statistics.median(v) for k, v in end_rates.items()},
+        len(paths),
+        torch.get_num_threads(),
+    )
 
 
 def _key(predictor: Predictor) -> str:

@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=decode_workers,
         help="decoding processes beside the model (default: cores - 2, at most 4; 0 = decode "
-        f"in one background thread, the faster choice on 2 cores; here {decode_workers})",
+        "in low-priority background threads, one per core up to 4, the faster choice on 2 "
+        f"cores; here {decode_workers})",
     )
     s.add_argument(
         "--precision",

@@ -26,7 +26,10 @@ def add_bench_parsers(bench: argparse._SubParsersAction, decode_workers: int) ->
     b.add_argument("--input-size", type=int, default=224)
     b.add_argument("--batch-size", type=int, default=16)
     b.add_argument(
-        "--workers", type=int, default=decode_workers, help="decoding processes (0: a thread)"
+        "--workers",
+        type=int,
+        default=decode_workers,
+        help="decoding processes (0: low-priority threads)",
     )
     b.add_argument("--precision", default="auto", choices=["fp32", "bf16", "auto"])
     b.add_argument(
