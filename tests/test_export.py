@@ -215,7 +215,12 @@ def test_export_options_and_cli(bundle: Path, ckpt: Path, prepared: Path, tmp_pa
 
 
 def test_bench_infer_times_each_backend_and_the_one_infer_uses(
-    bundle: Path, ckpt: Path, prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bundle: Path,
+    ckpt: Path,
+    prepared: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     images = tmp_path / "imgs"
     images.mkdir()
@@ -249,3 +254,9 @@ def test_bench_infer_times_each_backend_and_the_one_infer_uses(
     assert {"onnx", "onnx-int8"} <= set(quantised.model) and set(quantised.end_to_end) == {
         "onnx-int8"
     }
+    argv = ["bench", "infer", "--images", str(images), "--backbone", "resnet10t"]
+    argv += ["--input-size", "64", "--no-onnx", "--rounds", "2", "--precision", "fp32"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "model only, torch-fp32:" in out
+    assert "end to end (5 images, torch-fp32):" in out and "of model-only" in out

@@ -33,6 +33,12 @@ def add_bench_parsers(bench: argparse._SubParsersAction, decode_workers: int) ->
     )
     b.add_argument("--precision", default="auto", choices=["fp32", "bf16", "auto"])
     b.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of model-only and end-to-end runs; figures are medians (default 3)",
+    )
+    b.add_argument(
         "--backend",
         default="auto",
         help="end-to-end run(s) with these infer backends, a comma list, e.g. onnx,onnx-int8 "

@@ -356,6 +356,7 @@ def cmd_bench_infer(a: argparse.Namespace) -> int:
         precision=a.precision,
         onnx=a.onnx,
         backends=_comma_list(a.backend),
+        repeat=a.rounds,
     )
     print("\n".join(result.lines()))
     return 0
