@@ -70,15 +70,16 @@ class OnnxBackend(ArrayBackend):
 
     Its threads sleep instead of spin-waiting between operators, so the cores they leave idle go
     to image decoding (see :func:`cxrkit.infer_run.decoded_batches`); model-only speed did not
-    change measurably on the 2-core benchmark machine."""
+    change measurably on the 2-core benchmark machine (``spin_wait=True``: onnxruntime's
+    default, for that comparison)."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None):
+    def __init__(self, path: str | Path, *, threads: int | None = None, spin_wait: bool = False):
         import onnxruntime as ort
 
         self.path = Path(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or usable_cores()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spin_wait)))
         self.session = ort.InferenceSession(
             str(self.path), options, providers=["CPUExecutionProvider"]
         )

@@ -167,7 +167,14 @@ def _lower_worker_priority(_: int) -> None:
             os.nice(19)
 
 
-def decoded_batches(dataset: _Decode, batch_size: int, workers: int) -> Iterator[list[Item]]:
+def decoded_batches(
+    dataset: _Decode,
+    batch_size: int,
+    workers: int,
+    *,
+    threads: int | None = None,
+    low_priority: bool = True,
+) -> Iterator[list[Item]]:
     """Lists of up to ``batch_size`` decoded :class:`Item` in order, decoded ahead of use: in
     ``workers`` spawned processes, or with ``workers=0`` in background threads, one per usable
     core (at most :data:`MAX_DECODE_THREADS`), each a batch ahead (OpenCV's decoders and resizes
@@ -177,7 +184,8 @@ def decoded_batches(dataset: _Decode, batch_size: int, workers: int) -> Iterator
     Decoding threads and processes run at the lowest CPU priority: they take the cores the model
     leaves idle (between its operators, and while it waits for this batch) instead of pre-empting
     its threads in the middle of a parallel operator, which stalls the other model threads. On 2
-    cores this raised end-to-end images/s by ~15% (docs/benchmarks.md)."""
+    cores this raised end-to-end images/s by ~15% (docs/benchmarks.md; ``threads`` and
+    ``low_priority`` are there for that comparison, benchmarks/decode_ab.py)."""
     if workers:
         yield from DataLoader(
             dataset,
@@ -186,16 +194,17 @@ def decoded_batches(dataset: _Decode, batch_size: int, workers: int) -> Iterator
             collate_fn=list,
             prefetch_factor=4,
             multiprocessing_context="spawn",
-            worker_init_fn=_lower_worker_priority,
+            worker_init_fn=_lower_worker_priority if low_priority else None,
         )
         return
 
     def decode(start: int) -> list[Item]:
         return [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
 
-    threads = min(usable_cores(), MAX_DECODE_THREADS)
+    threads = threads or min(usable_cores(), MAX_DECODE_THREADS)
     starts = iter(range(0, len(dataset), batch_size))
-    with ThreadPoolExecutor(threads, "cxrkit-decode", initializer=lower_priority) as pool:
+    initializer = lower_priority if low_priority else None
+    with ThreadPoolExecutor(threads, "cxrkit-decode", initializer=initializer) as pool:
         ahead = deque(pool.submit(decode, s) for s in itertools.islice(starts, threads + 1))
         while ahead:
             batch = ahead.popleft().result()
