@@ -100,7 +100,7 @@ def test_decoding_threads_yield_the_cores_to_the_model(images: list[Path]) -> No
     items = [it for b in decoded_batches(dataset, 2, workers=0) for it in b]
     assert len(images) > 2 and [it.index for it in items] == list(range(len(images)))
     assert dataset.seen == [19] * len(images)
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before < 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
 
 
 def test_resume_neither_redoes_nor_duplicates(
