@@ -148,7 +148,8 @@ def predict_paths(
             bar.update(len(items))
 
 
-#: decoding threads at most (``workers=0``): beyond this the GIL-held part of each read dominates
+#: decoding threads at most (``workers=0``); each also holds the GIL for part of every read.
+#: Only 2 threads (2 cores) were measured; the cap is a guess, not a measured optimum.
 MAX_DECODE_THREADS = 4
 
 
