@@ -24,7 +24,8 @@ from pathlib import Path
 
 import cv2
 
-from cxrkit.io import letterbox, read_xray
+from cxrkit.io.geometry import letterbox
+from cxrkit.io.images import read_xray
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared/data/nih-sample/images"
 

@@ -2,10 +2,10 @@
 
 Random labels (about 10% prevalence) and scores for ``--images`` images x ``--classes``
 findings, about ``--per-patient`` images per patient. Times one full evaluation
-(:func:`cxrkit.metrics.summarize`, :func:`cxrkit.stats.delong_ci` per class and
-:func:`cxrkit.stats.bootstrap_ci` with ``--boot`` patient resamples of every figure) against a
-loop calling ``sklearn.metrics.roc_auc_score`` per class per resample (AUROC only, same count
-weights), timed on ``--sklearn-boot`` resamples and extrapolated.
+(:func:`cxrkit.evaluate.metrics.summarize`, :func:`cxrkit.evaluate.delong.delong_ci` per class
+and :func:`cxrkit.evaluate.bootstrap.bootstrap_ci` with ``--boot`` patient resamples of every
+figure) against a loop calling ``sklearn.metrics.roc_auc_score`` per class per resample (AUROC
+only, same count weights), timed on ``--sklearn-boot`` resamples and extrapolated.
 
     .venv/bin/python benchmarks/bench_eval.py [--images 25000] [--boot 1000]
 """
@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from cxrkit.metrics import summarize
-from cxrkit.stats import bootstrap_ci, bootstrap_weights, delong_ci
+from cxrkit.evaluate.bootstrap import bootstrap_ci, bootstrap_weights
+from cxrkit.evaluate.delong import delong_ci
+from cxrkit.evaluate.metrics import summarize
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:

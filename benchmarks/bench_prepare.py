@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cxrkit.prepare import prepare
+from cxrkit.data.prepare import prepare
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "nih-sample"
 
@@ -51,7 +51,7 @@ def main() -> None:
         )
         total = time.perf_counter() - start
         n = m.header["counts"]["prepared"]
-        from cxrkit.cache import build_cache
+        from cxrkit.data.cache import build_cache
 
         paths = m.table["path"].tolist()
         start = time.perf_counter()

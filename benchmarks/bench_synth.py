@@ -15,8 +15,8 @@ import time
 
 import cv2
 
-from cxrkit.synth.dataset import encode_png, sample_patient
-from cxrkit.synth.phantom import render
+from cxrkit.data.synth.dataset import encode_png, sample_patient
+from cxrkit.data.synth.phantom import render
 
 
 def bench(size: int, patients: int, seed: int = 0) -> tuple[int, float, float]:

@@ -23,12 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrkit.backends import ONNX_FILE, OnnxBackend
-from cxrkit.bench_infer import stand_in
-from cxrkit.checkpoint import LoadedModel
-from cxrkit.export import export_onnx
-from cxrkit.infer_run import _Decode, decoded_batches, resolve_sources
-from cxrkit.inference import Predictor
+from cxrkit.bench.inference import stand_in
+from cxrkit.deploy.backends import ONNX_FILE, OnnxBackend
+from cxrkit.deploy.batch import _Decode, decoded_batches
+from cxrkit.deploy.export import export_onnx
+from cxrkit.deploy.predictor import Predictor
+from cxrkit.deploy.sources import resolve_sources
+from cxrkit.models.checkpoint import LoadedModel
 
 #: name -> (decoding threads, low priority, onnxruntime spin-waits)
 VARIANTS = {

@@ -27,7 +27,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny phantom dataset in NIH layout (40 patients, 64 px)."""
-    from cxrkit.synth import generate_dataset
+    from cxrkit.data.synth.dataset import generate_dataset
 
     out = tmp_path_factory.mktemp("phantom") / "nih"
     generate_dataset(out, n_patients=40, size=64, seed=1, progress=False)
@@ -37,7 +37,7 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def prepared(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny phantom, prepared (cache 64 px)."""
-    from cxrkit.prepare import prepare
+    from cxrkit.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "prep"
     prepare("nih", phantom, out, size=64, progress=False)
@@ -59,8 +59,8 @@ TINY_OVERRIDES = [
 @pytest.fixture(scope="session")
 def trained(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-epoch run on the tiny phantom; returns the run folder."""
-    from cxrkit.config import load_config
-    from cxrkit.fit import fit
+    from cxrkit.train.config import load_config
+    from cxrkit.train.fit import fit
 
     out = tmp_path_factory.mktemp("run") / "run"
     fit(load_config(None, TINY_OVERRIDES), prepared, out, progress=False)

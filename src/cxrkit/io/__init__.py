@@ -1,4 +1,4 @@
-"""Image input for cxrkit: one reader for PNG, JPEG and DICOM chest X-rays, plus letterboxing.
+"""Reading images: one reader for PNG, JPEG and DICOM chest X-rays, plus letterboxing.
 
 >>> from cxrkit.io import read_xray, letterbox
 >>> xray = read_xray("00000001_000.png")          # doctest: +SKIP
@@ -7,31 +7,20 @@
 >>> letterbox(xray.pixels, 256).shape             # doctest: +SKIP
 (256, 256)
 
-See :mod:`cxrkit.io.images` for the PNG/JPEG rules and :mod:`cxrkit.io.dicom` for DICOM.
+Modules: :mod:`~cxrkit.io.xray` (the :class:`XRay` every reader returns, :class:`ImageReadError`,
+the pixel-count check), :mod:`~cxrkit.io.images` (format sniffing, PNG/JPEG),
+:mod:`~cxrkit.io.dicom` (DICOM), :mod:`~cxrkit.io.geometry` (letterboxing into a square and
+its coordinate map).
+Imports nothing of cxrkit but :mod:`cxrkit.errors`.
 """
 
-from cxrkit.io.images import (
-    DEFAULT_MAX_PIXELS,
-    SUPPORTED,
-    ImageReadError,
-    LetterboxGeometry,
-    XRay,
-    letterbox,
-    letterbox_geometry,
-    read_xray,
-    read_xray_bytes,
-    sniff_format,
-)
+from cxrkit.lazy import attach
 
-__all__ = [
-    "DEFAULT_MAX_PIXELS",
-    "SUPPORTED",
-    "ImageReadError",
-    "LetterboxGeometry",
-    "XRay",
-    "letterbox",
-    "letterbox_geometry",
-    "read_xray",
-    "read_xray_bytes",
-    "sniff_format",
-]
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "xray": ["DEFAULT_MAX_PIXELS", "ImageReadError", "XRay"],
+        "images": ["SUPPORTED", "read_xray", "read_xray_bytes", "sniff_format"],
+        "geometry": ["LetterboxGeometry", "letterbox", "letterbox_geometry"],
+    },
+)

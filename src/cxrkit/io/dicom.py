@@ -41,7 +41,7 @@ from pydicom.uid import (
     RLETransferSyntaxes,
 )
 
-from cxrkit.io.images import ImageReadError, XRay, check_dimensions, minmax_to_uint8
+from cxrkit.io.xray import ImageReadError, XRay, check_dimensions, minmax_to_uint8
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) Pixel Data, little endian

@@ -1,4 +1,4 @@
-"""Read chest X-rays (PNG, JPEG, DICOM) as display-oriented 8-bit grayscale, and letterbox them.
+"""Read chest X-rays (PNG, JPEG, DICOM) as display-oriented 8-bit grayscale.
 
 This is the one image reader of cxrkit: ``prepare``, ``infer``, ``cam`` and ``serve`` all go
 through :func:`read_xray` / :func:`read_xray_bytes`, so every entry point sees the same pixels.
@@ -19,18 +19,20 @@ and worker processes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import cv2
 import numpy as np
-from numpy.typing import ArrayLike
 
-from cxrkit.errors import UserError
+from cxrkit.io.xray import (
+    DEFAULT_MAX_PIXELS,
+    ImageReadError,
+    XRay,
+    check_dimensions,
+    minmax_to_uint8,
+)
 
 SUPPORTED = ("PNG", "JPEG", "DICOM")
-DEFAULT_MAX_PIXELS = 100_000_000
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND_CHUNK = b"IEND\xaeB`\x82"
@@ -41,40 +43,6 @@ _JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _JPEG_SOS = 0xDA
 # Markers without a length field: TEM and RST0..RST7.
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
-
-
-class ImageReadError(UserError):
-    """An image that cannot be read; ``path`` names the file and ``reason`` says why."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"cannot read image {path!r}: {reason} (expected PNG, JPEG or DICOM)")
-        self.path = path
-        self.reason = reason
-
-    def __reduce__(self) -> tuple[type[ImageReadError], tuple[str, str]]:
-        # Rebuild from (path, reason) so the error crosses process boundaries intact.
-        return (type(self), (self.path, self.reason))
-
-
-@dataclass(frozen=True)
-class XRay:
-    """A decoded chest X-ray.
-
-    Attributes:
-        pixels: ``(H, W) uint8``, display orientation (air/lungs dark, bone bright).
-        source: the path read, or the name given to :func:`read_xray_bytes`.
-        format: ``"PNG"``, ``"JPEG"`` or ``"DICOM"`` (detected from the content).
-        bits_stored: bit depth of the original samples (PNG bit depth, JPEG precision, DICOM
-            BitsStored), e.g. 8, 12 or 16.
-        spacing_mm: ``(row, col)`` pixel spacing in millimetres when the file states it (DICOM
-            PixelSpacing, else ImagerPixelSpacing); ``None`` otherwise, and always for PNG/JPEG.
-    """
-
-    pixels: np.ndarray
-    source: str
-    format: str
-    bits_stored: int
-    spacing_mm: tuple[float, float] | None
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -129,40 +97,11 @@ def read_xray_bytes(
     if fmt == "JPEG":
         return _read_jpeg(data, name, max_pixels)
     if fmt == "DICOM":
-        # Imported here: keeps pydicom off the PNG/JPEG path and breaks the import cycle
-        # (cxrkit.io.dicom builds XRay and ImageReadError from this module).
+        # Imported here: keeps pydicom off the PNG/JPEG path.
         from cxrkit.io.dicom import read_dicom_bytes
 
         return read_dicom_bytes(data, name=name, max_pixels=max_pixels)
     raise ImageReadError(name, f"not an image: unrecognised content {data[:16]!r}")
-
-
-def check_dimensions(name: str, height: int, width: int, max_pixels: int) -> None:
-    """Raise :class:`ImageReadError` for an empty image or one above ``max_pixels`` pixels."""
-    if height <= 0 or width <= 0:
-        raise ImageReadError(name, f"header declares an empty image ({width}x{height} pixels)")
-    if height * width > max_pixels:
-        raise ImageReadError(
-            name,
-            f"too many pixels: {width}x{height} = {height * width:,} > max_pixels "
-            f"{max_pixels:,} (decompression bomb?)",
-        )
-
-
-def minmax_to_uint8(values: np.ndarray) -> np.ndarray:
-    """Scale ``values`` (any shape, any real dtype) linearly so min -> 0 and max -> 255, as uint8.
-
-    Nothing is clipped: the full signal range maps onto 0..255 (rounded). A constant image maps
-    to zeros.
-    """
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros(values.shape, dtype=np.uint8)
-    work = values.astype(np.float32)
-    work -= lo
-    work *= 255.0 / (hi - lo)
-    work += 0.5
-    return work.astype(np.uint8)
 
 
 def _decode(data: bytes, flags: int) -> np.ndarray | None:
@@ -231,69 +170,3 @@ def _read_jpeg(data: bytes, name: str, max_pixels: int) -> XRay:
     if img is None:
         raise ImageReadError(name, "corrupt or unsupported JPEG data")
     return XRay(_to_gray_uint8(img), name, "JPEG", precision, None)
-
-
-class LetterboxGeometry(NamedTuple):
-    """How :func:`letterbox` placed an image: ``letterboxed = original * scale + pad``.
-
-    Coordinates are continuous and corner-based (pixel ``i`` spans ``[i, i + 1)``), so boxes map
-    exactly; the short side is rounded to whole pixels, an error below half a letterboxed pixel.
-    """
-
-    scale: float
-    pad_y: int
-    pad_x: int
-
-    def to_letterbox(self, y: ArrayLike, x: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-        """Map original ``(y, x)`` coordinates (scalars or arrays) into the letterboxed image."""
-        return (
-            np.asarray(y, dtype=np.float64) * self.scale + self.pad_y,
-            np.asarray(x, dtype=np.float64) * self.scale + self.pad_x,
-        )
-
-    def to_original(self, y: ArrayLike, x: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-        """Map letterboxed ``(y, x)`` coordinates back to the original image."""
-        return (
-            (np.asarray(y, dtype=np.float64) - self.pad_y) / self.scale,
-            (np.asarray(x, dtype=np.float64) - self.pad_x) / self.scale,
-        )
-
-
-def _layout(height: int, width: int, size: int) -> tuple[float, int, int, int, int]:
-    """(scale, content height, content width, pad_y, pad_x) of a letterbox into size x size."""
-    if height < 1 or width < 1 or size < 1:
-        raise ValueError(f"letterbox needs positive sizes, got {height}x{width} -> {size}")
-    scale = size / max(height, width)
-    new_h = min(size, max(1, round(height * scale)))
-    new_w = min(size, max(1, round(width * scale)))
-    return scale, new_h, new_w, (size - new_h) // 2, (size - new_w) // 2
-
-
-def letterbox_geometry(height: int, width: int, size: int) -> LetterboxGeometry:
-    """The :class:`LetterboxGeometry` ``(scale, pad_y, pad_x)`` of :func:`letterbox` for an
-    ``(height, width)`` image into ``(size, size)``."""
-    scale, _, _, pad_y, pad_x = _layout(height, width, size)
-    return LetterboxGeometry(scale, pad_y, pad_x)
-
-
-def letterbox(pixels: np.ndarray, size: int) -> np.ndarray:
-    """Fit an ``(H, W)`` image into ``(size, size)``: aspect ratio kept, never cropped.
-
-    The long side is scaled to ``size`` (``cv2.INTER_AREA`` when shrinking, ``INTER_LINEAR``
-    when enlarging), the result is centred and the border filled with 0. The dtype is kept
-    (uint8 for :attr:`XRay.pixels`). :func:`letterbox_geometry` gives the mapping.
-    """
-    if pixels.ndim != 2:
-        raise ValueError(f"letterbox expects an (H, W) array, got shape {pixels.shape}")
-    height, width = pixels.shape
-    scale, new_h, new_w, pad_y, pad_x = _layout(height, width, size)
-    if (new_h, new_w) == (height, width):
-        resized = pixels
-    else:
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(pixels, (new_w, new_h), interpolation=interpolation)
-        if (new_h, new_w) == (size, size):
-            return resized
-    out = np.zeros((size, size), dtype=pixels.dtype)
-    out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
-    return out

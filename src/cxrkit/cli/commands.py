@@ -1,0 +1,400 @@
+"""The ``cxrkit`` sub-commands: each parses nothing, calls library functions and prints.
+
+Exit codes: 0 success; 2 bad input (:class:`cxrkit.errors.UserError`, message on stderr);
+3 ``infer`` / ``cam`` finished but some images could not be read (their rows say why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cxrkit.errors import UserError, did_you_mean
+
+if TYPE_CHECKING:
+    from cxrkit.deploy.predictor import Predictor
+
+EXIT_USER_ERROR, EXIT_PARTIAL = 2, 3  # 3: infer wrote every row but some images failed
+RECIPES = Path(__file__).parent.parent / "configs"
+
+
+def resolve_recipe(name: str) -> Path:
+    """A config path, or the name of a recipe shipped with cxrkit (``demo``, ...)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = RECIPES / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    recipes = [p.stem for p in RECIPES.glob("*.yaml")]
+    raise did_you_mean(name, recipes, what="config file or recipe") from None
+
+
+def _comma_list(text: str | None) -> list[str]:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``; None or empty -> ``[]``."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def cmd_synth(a: argparse.Namespace) -> int:
+    from cxrkit.data.synth.dataset import generate_dataset
+
+    s = generate_dataset(
+        a.out,
+        n_patients=a.n_patients,
+        size=a.size,
+        seed=a.seed,
+        workers=a.workers,
+        overwrite=a.overwrite,
+    )
+    print(
+        f"wrote {s.n_images} images of {s.n_patients} patients to {s.out} "
+        f"in {s.seconds:.1f} s ({s.n_images / max(s.seconds, 1e-9):.0f} images/s)"
+    )
+    print("prevalence: " + ", ".join(f"{k} {v:.1%}" for k, v in s.prevalence.items()))
+    return 0
+
+
+def cmd_datasets(a: argparse.Namespace) -> int:
+    from cxrkit.data.datasets.base import list_datasets
+
+    for spec in list_datasets():
+        print(f"{spec.name:<10} {spec.title}\n{'':<10} layout: {spec.layout}")
+    return 0
+
+
+def cmd_prepare(a: argparse.Namespace) -> int:
+    from cxrkit.data.prepare import SplitPolicy, prepare
+    from cxrkit.data.preprocess import Clahe
+
+    m = prepare(
+        a.dataset,
+        a.root,
+        a.out,
+        size=a.size,
+        workers=a.workers,
+        overwrite=a.overwrite,
+        split=SplitPolicy(val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed),
+        options={k[4:]: v for k, v in vars(a).items() if k.startswith("opt_")},
+        clahe=Clahe(clip_limit=a.clahe) if a.clahe else None,
+    )
+    h = m.header
+    print(f"prepared {h['counts']['prepared']} images of {h['dataset']} into {m.folder}")
+    print("counts: " + ", ".join(f"{k} {v}" for k, v in h["counts"].items()))
+    print(
+        f"split ({h['split']['policy']}): "
+        + ", ".join(
+            f"{k} {v} images / {h['split']['patients'][k]} patients"
+            for k, v in h["split"]["images"].items()
+        )
+    )
+    if h["counts"]["failed_to_read"]:
+        print(f"unreadable images are listed in {m.folder / 'failed_images.csv'}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from cxrkit.train.config import load_config
+    from cxrkit.train.fit import fit, resume
+    from cxrkit.train.module import launched_as_rank_zero
+
+    if a.resume:
+        extra = [f"--{k}" for k in ("config", "data", "out", "overwrite") if getattr(a, k)]
+        if extra:
+            raise UserError(
+                f"--resume continues a run as it was started; drop {', '.join(extra)} "
+                "(--set may extend trainer.max_epochs)"
+            )
+        result = resume(a.resume, a.set)
+    else:
+        missing = [f"--{k}" for k in ("config", "data", "out") if not getattr(a, k)]
+        if missing:
+            raise UserError(f"train needs {', '.join(missing)} (or --resume RUN)")
+        result = fit(
+            load_config(resolve_recipe(a.config), a.set), a.data, a.out, overwrite=a.overwrite
+        )
+    if not launched_as_rank_zero():  # DDP: the other ranks stay quiet
+        return 0
+    if result.already_finished:
+        print(
+            f"{result.run} already finished ({result.epochs} epoch(s), best validation macro "
+            f"AUROC {result.best_score:.4f}); nothing to do"
+        )
+        return 0
+    if result.resumed_from:
+        where = result.resumed_from
+        print(f"resumed {result.run} from epoch {where['epoch']}, step {where['step']}")
+    print(
+        f"trained {result.epochs} epoch(s) in {result.seconds:.0f} s; best validation macro "
+        f"AUROC {result.best_score:.4f}"
+    )
+    print(f"best checkpoint: {result.best}\nlast checkpoint: {result.last}")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from cxrkit.evaluate.results import format_table
+    from cxrkit.evaluate.runs import EvalOptions, evaluate_checkpoint, evaluate_predictions
+
+    options = EvalOptions(
+        split=a.split,
+        threshold_method=a.threshold_method,
+        calibration=a.calibration,
+        specificities=a.specificities,
+        sensitivities=a.sensitivities,
+        n_boot=a.bootstrap,
+        seed=a.seed,
+        by=tuple(c for c in a.by.split(",") if c) if a.by else (),
+        report=not a.no_report,
+    )
+    if (a.checkpoint is None) == (a.predictions is None):
+        raise UserError("give either --checkpoint (with --data) or --predictions (with --labels)")
+    if a.checkpoint is not None:
+        if a.data is None:
+            raise UserError("--checkpoint needs --data PREP (a prepared folder)")
+        r = evaluate_checkpoint(
+            a.checkpoint, a.data, a.out, options=options, write_card=not a.no_write_card
+        )
+    else:
+        if a.labels is None:
+            raise UserError(
+                "--predictions needs --labels (a prepared folder, or a dataset's "
+                "label file with --dataset)"
+            )
+        r = evaluate_predictions(a.predictions, a.labels, a.out, dataset=a.dataset, options=options)
+    m = r.metrics
+    print(format_table(m))
+    missing = m.get("missing") or {}
+    if missing.get("in_predictions_only") or missing.get("in_labels_only"):
+        print(
+            f"not evaluated: {missing['in_predictions_only']} predicted image(s) without "
+            f"labels, {missing['in_labels_only']} labelled image(s) without predictions"
+        )
+    print(
+        f"{m['n_images']} images; {r.out / 'metrics.json'}, {r.out / 'per_class.csv'}"
+        + (f", {r.out / 'report.html'}" if options.report else "")
+    )
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from cxrkit.evaluate.runs import compare
+
+    result = compare(a.a, a.b, a.labels, a.out, dataset=a.dataset, split=a.split or None)
+    print(f"{'Class':<20} {'AUROC A':>8} {'AUROC B':>8} {'diff':>7} {'p (DeLong)':>11}")
+
+    def num(v: float | None, spec: str) -> str:
+        return format(v, spec) if v is not None else "n/a"
+
+    for name, row in result["per_class"].items():
+        print(
+            f"{name:<20} {num(row['auc_a'], '8.4f'):>8} {num(row['auc_b'], '8.4f'):>8} "
+            f"{num(row['diff'], '7.4f'):>7} {num(row['p_value'], '11.4g'):>11}"
+        )
+    print(f"{result['n_images']} images in both files; {Path(a.out) / 'compare.json'}")
+    return 0
+
+
+def cmd_infer(a: argparse.Namespace) -> int:
+    from cxrkit.deploy.batch import write_predictions
+    from cxrkit.deploy.predictor import Predictor
+    from cxrkit.deploy.sources import resolve_sources
+
+    predictor = Predictor.from_checkpoint(
+        a.checkpoint, batch_size=a.batch_size, precision=a.precision, tta=a.tta, backend=a.backend
+    )
+    paths = resolve_sources(a.source)
+    print(f"{len(paths)} file(s); backend {predictor.backend_name}" + _faster_hint(predictor))
+    tags = tuple(t for t in a.dicom_tags.split(",") if t) if a.dicom_tags else ()
+    s = write_predictions(
+        predictor,
+        paths,
+        a.out,
+        workers=a.workers,
+        resume=a.resume,
+        overwrite=a.overwrite,
+        dicom_tags=tags,
+    )
+    print(
+        f"{s.ok} image(s) predicted, {s.failed} failed"
+        + (f", {s.skipped} already done (resumed)" if s.skipped else "")
+        + f"; wrote {a.out}"
+    )
+    return EXIT_PARTIAL if s.failed else 0
+
+
+def _faster_hint(predictor: Predictor) -> str:
+    """A tip when a CPU run could use onnxruntime through a bundle but runs PyTorch fp32."""
+    if predictor.backend_name != "torch" or predictor.device.type != "cpu" or predictor.bf16:
+        return ""
+    return " (tip: `cxrkit export` a bundle and infer from it: onnxruntime is faster on CPU)"
+
+
+def cmd_cam(a: argparse.Namespace) -> int:
+    from cxrkit.deploy.predictor import Predictor
+
+    methods = _comma_list(a.method)
+    layers = _comma_list(a.layer) or None
+    if a.evaluate:
+        from cxrkit.explain import localization as loc
+
+        if a.boxes is None or a.images is None:
+            raise UserError("--evaluate needs --boxes BBox_List.csv and --images DIR")
+        boxes = loc.read_boxes(a.boxes)
+        ids = loc.read_image_list(a.split_file) if a.split_file else None
+        predictor = Predictor.from_checkpoint(a.checkpoint)
+        result = loc.evaluate_localization(
+            predictor,
+            boxes,
+            a.images,
+            methods=methods,
+            top_percent=a.top_percent,
+            tolerance=a.tolerance,
+            image_ids=ids,
+            layers=layers,
+        )
+        settings = {
+            "checkpoint": str(a.checkpoint),
+            "boxes": str(a.boxes),
+            "images": str(a.images),
+            "split_file": a.split_file,
+            "top_percent": a.top_percent,
+            "tolerance_px": a.tolerance,
+        }
+        path = loc.write_localization(result, a.out, settings)
+        print(loc.format_table(result, a.top_percent))
+        print(f"wrote {path} and {path.with_name('per_image.csv')}")
+        return 0
+    from cxrkit.explain.cam import cam_folder, cam_targets
+    from cxrkit.explain.layers import describe_layers
+
+    if a.image is None:
+        raise UserError("give --image FILE|DIR, or --evaluate with --boxes and --images")
+    if len(methods) != 1:
+        raise UserError("overlays take one --method; several are for --evaluate")
+    predictor = Predictor.from_checkpoint(a.checkpoint)
+    print(f"CAM layers: {describe_layers([layer for layer, _ in cam_targets(predictor, layers)])}")
+    done = cam_folder(predictor, a.image, a.out, targets=a.target, method=methods[0], layers=layers)
+    if len(done.written) == 1:
+        for r in next(iter(done.written.values())):
+            print(f"{r.finding}: p={r.probability:.3f} -> {r.overlay_path}")
+    for path, reason in done.failed:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    print(f"{len(done.written)} image(s) explained, {len(done.failed)} unreadable; wrote {a.out}")
+    return EXIT_PARTIAL if done.failed else 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    from cxrkit.deploy.export import export_bundle
+    from cxrkit.models.checkpoint import read_bundle_card
+
+    out = export_bundle(
+        a.checkpoint,
+        a.out,
+        onnx=not a.no_onnx,
+        quantize=a.quantize,
+        data=a.data,
+        opset=a.opset,
+        overwrite=a.overwrite,
+    )
+    card = read_bundle_card(out)
+    files = ", ".join(f"{n} ({f['bytes'] / 1e6:.1f} MB)" for n, f in card["files"].items())
+    print(f"exported {out}: model_card.json, {files}")
+    if "onnx" in card:
+        print(
+            f"ONNX opset {card['onnx']['opset']}: onnxruntime matches PyTorch within "
+            f"{card['onnx']['verified']['max_abs_logit_diff']:.1e} on the logits"
+        )
+    val = (card.get("quantization") or {}).get("validation")
+    if val:
+        print(
+            f"int8 validation macro AUROC {val['macro_auroc_int8']:.4f} vs fp32 "
+            f"{val['macro_auroc_fp32']:.4f} (change {val['macro_auroc_change']:+.4f}, "
+            f"{val['n_images']} images)"
+        )
+    return 0
+
+
+def cmd_bench_loader(a: argparse.Namespace) -> int:
+    from cxrkit.bench.training import bench_loader
+
+    result = bench_loader(a.data, image_size=a.image_size, batch_size=a.batch_size, model=a.model)
+    print("\n".join(result.lines()))
+    return 0
+
+
+def cmd_bench_train(a: argparse.Namespace) -> int:
+    from cxrkit.bench.training import bench_train
+
+    result = bench_train(
+        a.data,
+        backbone=a.backbone,
+        image_size=a.image_size,
+        batch_size=a.batch_size,
+        precision=a.precision,
+        channels_last=a.channels_last,
+        compile_model=a.compile,
+        workers=a.workers,
+        seconds=a.seconds,
+    )
+    print("\n".join(result.lines()))
+    return 0
+
+
+def cmd_bench_infer(a: argparse.Namespace) -> int:
+    from cxrkit.bench.inference import bench_infer
+
+    result = bench_infer(
+        a.images,
+        checkpoint=a.checkpoint,
+        backbone=a.backbone,
+        input_size=a.input_size,
+        batch_size=a.batch_size,
+        workers=a.workers,
+        precision=a.precision,
+        onnx=a.onnx,
+        backends=_comma_list(a.backend),
+        repeat=a.rounds,
+    )
+    print("\n".join(result.lines()))
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from cxrkit.cli.demo import run_demo
+
+    run_demo(
+        a.out, overwrite=a.overwrite, n_patients=a.n_patients, workers=a.workers, epochs=a.epochs
+    )
+    return 0
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from cxrkit.deploy.predictor import Predictor
+    from cxrkit.deploy.serve.app import run_server
+    from cxrkit.deploy.serve.engine import DISCLAIMER, Engine
+    from cxrkit.deploy.serve.limits import TOKEN_ENV, ServeSettings, token_from
+
+    settings = ServeSettings(
+        host=a.host,
+        port=a.port,
+        token=token_from(a.token),
+        max_upload_mb=a.max_upload_mb,
+        max_queue=a.max_queue,
+        workers=a.workers,
+        timeout=a.timeout,
+    )
+    predictor = Predictor.from_checkpoint(a.checkpoint, backend=a.backend)
+    engine = Engine(predictor, max_pixels=settings.max_pixels, display_size=settings.display_size)
+    host = f"[{a.host}]" if ":" in a.host else a.host
+    print(f"cxrkit serve: {len(engine.findings)} findings from {a.checkpoint}")
+    print(f"open http://{host}:{a.port}/ (API docs: http://{host}:{a.port}/docs)")
+    print(
+        "bearer token required on /v1/*"
+        if settings.token
+        else f"no token: /v1/* is open to anyone who reaches this address (--token or {TOKEN_ENV})"
+    )
+    print(DISCLAIMER)
+    run_server(engine, settings)
+    return 0

@@ -1,0 +1,386 @@
+"""The ``cxrkit`` command line: the argument parser and ``main``; the sub-commands live in
+:mod:`cxrkit.cli.commands`. User errors (:class:`cxrkit.errors.UserError`) print one line and
+exit 2.
+
+Exit codes: 0 success; 2 bad input (message on stderr); 3 ``infer`` finished but some files
+could not be read (their rows say why); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+
+from cxrkit import __version__
+from cxrkit.cli.bench_parsers import add_bench_parsers
+from cxrkit.cli.commands import (
+    EXIT_USER_ERROR,
+    cmd_cam,
+    cmd_compare,
+    cmd_datasets,
+    cmd_demo,
+    cmd_eval,
+    cmd_export,
+    cmd_infer,
+    cmd_prepare,
+    cmd_serve,
+    cmd_synth,
+    cmd_train,
+)
+from cxrkit.errors import UserError
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.8,0.9; got {text!r}") from None
+
+
+def add_dataset_parsers(prepare: argparse.ArgumentParser, cpus: int) -> None:
+    """One ``prepare <dataset>`` sub-command per registered dataset, with its own options."""
+    from cxrkit.data.datasets.base import list_datasets
+
+    sub = prepare.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    for spec in list_datasets():
+        s = sub.add_parser(
+            spec.name, help=spec.title, description=f"{spec.title}. Expected layout: {spec.layout}"
+        )
+        s.add_argument("--root", required=True, help="the dataset folder as distributed")
+        s.add_argument("--out", required=True, help="output folder for manifest + cache")
+        s.add_argument("--size", type=int, default=256, help="cache image side (default 256)")
+        s.add_argument("--val-fraction", type=float, default=0.1, help="patients for validation")
+        s.add_argument(
+            "--test-fraction",
+            type=float,
+            default=0.2,
+            help="patients for test where the dataset has no official test split",
+        )
+        s.add_argument("--seed", type=int, default=0, help="split seed")
+        s.add_argument("--workers", type=int, default=cpus, help="decoding processes")
+        s.add_argument(
+            "--overwrite", action="store_true", help="replace an existing prepared folder"
+        )
+        s.add_argument(
+            "--clahe",
+            type=float,
+            default=None,
+            metavar="CLIP",
+            help="bake CLAHE with this clip limit (e.g. 2.0) into the cache; models trained on "
+            "it apply the same at inference",
+        )
+        for opt in spec.options:
+            s.add_argument(
+                f"--{opt.name}",
+                dest=f"opt_{opt.name.replace('-', '_')}",
+                type=opt.type,
+                default=opt.default,
+                choices=opt.choices,
+                nargs="+" if opt.multiple else None,
+                help=f"{opt.help} (default: {opt.default})",
+            )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cxrkit",
+        description="Multilabel disease detection on chest X-rays: synth, prepare, train, eval, "
+        "infer, cam. Research software, not a medical device.",
+    )
+    p.add_argument("--version", action="version", version=f"cxrkit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    cpus = os.cpu_count() or 1
+    decode_workers = max(0, min(4, cpus - 2))
+
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help_: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    s = add("synth", cmd_synth, "write a phantom chest X-ray dataset in NIH ChestX-ray14 layout")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--n-patients", type=int, default=300, help="patients (1-5 images each)")
+    s.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    s.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
+    s.add_argument("--workers", type=int, default=cpus, help="processes (default: all cores)")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+
+    add("datasets", cmd_datasets, "list the datasets `prepare` understands and their layouts")
+
+    s = add("prepare", cmd_prepare, "parse a dataset, split it by patient, build the image cache")
+    add_dataset_parsers(s, cpus)
+
+    s = add("train", cmd_train, "train a model on a prepared dataset, or resume a run")
+    s.add_argument("--config", help="YAML recipe file or shipped recipe name")
+    s.add_argument(
+        "--data",
+        action="append",
+        help="prepared folder (from `cxrkit prepare`); repeat to train on several",
+    )
+    s.add_argument("--out", help="run folder")
+    s.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue run folder RUN from its last checkpoint (no --config/--data/--out)",
+    )
+    s.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config keys, e.g. --set trainer.max_epochs=3 model.pretrained=false",
+    )
+    s.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+
+    s = add(
+        "eval",
+        cmd_eval,
+        "evaluate a checkpoint or any tool's predictions: metrics with "
+        "confidence intervals, operating points, calibration, subgroups, an HTML report",
+    )
+    s.add_argument("--checkpoint", help="a cxrkit checkpoint (predicts --data)")
+    s.add_argument("--data", help="prepared folder, with --checkpoint")
+    s.add_argument(
+        "--predictions",
+        help="a predictions CSV from any tool: an image column and "
+        "one probability column per finding",
+    )
+    s.add_argument(
+        "--labels",
+        help="with --predictions: a prepared folder, or a dataset's own "
+        "label file with --dataset (e.g. --dataset nih --labels Data_Entry_2017.csv)",
+    )
+    s.add_argument("--dataset", help="the dataset whose label file --labels is")
+    s.add_argument("--split", default="test", help="split to evaluate (default test)")
+    s.add_argument(
+        "--out", required=True, help="folder for metrics.json, per_class.csv, report.html"
+    )
+    s.add_argument(
+        "--threshold-method",
+        default="f1",
+        help="f1, youden, sensitivity:0.9 or specificity:0.9 (tuned on val only)",
+    )
+    s.add_argument(
+        "--calibration",
+        default="temperature",
+        help="none, temperature, platt, isotonic, or auto (best on val); fitted on val",
+    )
+    s.add_argument(
+        "--specificities",
+        type=_floats,
+        default=(0.8, 0.9, 0.95),
+        help="report sensitivity at these specificities (default 0.8,0.9,0.95)",
+    )
+    s.add_argument(
+        "--sensitivities",
+        type=_floats,
+        default=(0.8, 0.9),
+        help="report specificity at these sensitivities (default 0.8,0.9)",
+    )
+    s.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for 95%% intervals, by patient (0 = none)",
+    )
+    s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    s.add_argument("--by", default="", help="subgroup columns, e.g. sex,age_band,view")
+    s.add_argument("--no-report", action="store_true", help="skip report.html")
+    s.add_argument(
+        "--no-write-card",
+        action="store_true",
+        help="do not store thresholds/calibration in the checkpoint's model card",
+    )
+
+    s = add(
+        "compare",
+        cmd_compare,
+        "two models' predictions on the same images: AUROC of each and the paired DeLong test",
+    )
+    s.add_argument("a", help="predictions CSV of model A")
+    s.add_argument("b", help="predictions CSV of model B")
+    s.add_argument("--labels", required=True, help="prepared folder or dataset label file")
+    s.add_argument("--dataset", help="the dataset whose label file --labels is")
+    s.add_argument("--split", default="test", help="split of a prepared folder ('' = all)")
+    s.add_argument("--out", required=True, help="folder for compare.json")
+
+    s = add(
+        "infer",
+        cmd_infer,
+        "predict findings for images: a file, folder, glob, .txt list "
+        "or .csv with a path column; one CSV row per image, streamed",
+    )
+    s.add_argument("--checkpoint", required=True, help="checkpoint (or exported bundle)")
+    s.add_argument(
+        "--source",
+        required=True,
+        help="image file, folder (recursive), glob, .txt of paths or .csv with a path "
+        "column; PNG, JPEG and DICOM, mixed",
+    )
+    s.add_argument("--out", required=True, help="output CSV")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=decode_workers,
+        help="decoding processes beside the model (default: cores - 2, at most 4; 0 = decode "
+        "in low-priority background threads, one per core up to 4, the faster choice on 2 "
+        f"cores; here {decode_workers})",
+    )
+    s.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto: bf16 on GPUs and CPUs with native bf16, else fp32",
+    )
+    s.add_argument(
+        "--tta",
+        action="store_true",
+        help="average six views (zoom/shifts; never a horizontal flip)",
+    )
+    s.add_argument(
+        "--backend",
+        default="auto",
+        help="auto, torch, onnx, onnx-int8, openvino or openvino-int8. onnx / onnx-int8: "
+        "the bundle's model.onnx / model.int8.onnx under onnxruntime; "
+        "openvino / openvino-int8: the same under OpenVINO (openvino-int8 with a static "
+        "--quantize export is the fastest on CPU); auto (default): onnx for a bundle with "
+        "model.onnx on a CPU without native bf16, else torch",
+    )
+    s.add_argument(
+        "--dicom-tags",
+        default="",
+        help="DICOM tags to copy into the CSV, e.g. PatientID,StudyDate (none by "
+        "default: no patient identifiers in the output unless asked)",
+    )
+    s.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run: skip images already in --out",
+    )
+    s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+
+    s = add(
+        "cam",
+        cmd_cam,
+        "CAM overlays of an image or a folder for one or more findings, "
+        "or (--evaluate) localisation scores against bounding boxes",
+    )
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument(
+        "--image", help="an image file or a folder (recursive; overlays keep the sub-folders)"
+    )
+    s.add_argument(
+        "--target", default="positive", help="a finding name, 'positive' (called findings) or 'all'"
+    )
+    s.add_argument(
+        "--method",
+        default="gradcam",
+        help="gradcam, gradcam++, hirescam, eigencam, "
+        "scorecam, layercam; with --evaluate a comma list, e.g. gradcam,hirescam",
+    )
+    s.add_argument(
+        "--layer",
+        help="module(s) to hook, a comma list whose maps are fused, e.g. layer3 or "
+        "layer2,layer3 (default: the last feature map; when it has fewer than 7 cells per "
+        "side at the model's input size, the deepest stage with 7 and the next finer one)",
+    )
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="score heatmaps against --boxes: "
+        "pointing game and IoU of the top-k%% region, per finding",
+    )
+    s.add_argument("--boxes", help="with --evaluate: NIH-format BBox_List_2017.csv (.gz too)")
+    s.add_argument("--images", help="with --evaluate: folder holding the boxed images")
+    s.add_argument(
+        "--split-file",
+        help="with --evaluate: only these images (names one per line, e.g. NIH's test_list.txt)",
+    )
+    s.add_argument(
+        "--top-percent",
+        type=float,
+        default=10.0,
+        help="with --evaluate: the top-k%% heatmap region for IoU (default 10)",
+    )
+    s.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="with --evaluate: pointing-game tolerance in original pixels (default 0)",
+    )
+
+    s = add(
+        "export",
+        cmd_export,
+        "export a checkpoint to a pickle-free bundle folder: "
+        "model_card.json, model.safetensors and model.onnx (checked against PyTorch)",
+    )
+    s.add_argument("--checkpoint", required=True, help="checkpoint (or bundle) to export")
+    s.add_argument("--out", required=True, help="bundle folder")
+    s.add_argument("--no-onnx", action="store_true", help="skip model.onnx")
+    s.add_argument(
+        "--quantize",
+        choices=["static", "dynamic"],
+        help="also write model.int8.onnx for --backend onnx-int8: static (calibrated on "
+        "--data's training images; the faster one) or dynamic",
+    )
+    s.add_argument(
+        "--data",
+        help="with --quantize: prepared folder; its train split calibrates static int8 and "
+        "its val split measures the macro AUROC change (stored in the card)",
+    )
+    s.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
+    s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+    s = add("bench", lambda a: 0, "throughput figures on this machine")
+    add_bench_parsers(s.add_subparsers(dest="what", required=True, metavar="WHAT"), decode_workers)
+
+    s = add(
+        "demo",
+        cmd_demo,
+        "synth -> prepare -> train -> eval -> infer -> cam -> localise, offline on CPU",
+    )
+    s.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    s.add_argument("--n-patients", type=int, default=None, help="phantom patients")
+    s.add_argument("--epochs", type=int, default=None, help="training epochs")
+    s.add_argument("--workers", type=int, default=cpus)
+    s.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+
+    s = add("serve", cmd_serve, "REST API and web page for one model (research use only)")
+    s.add_argument("--checkpoint", required=True, help="checkpoint (or exported bundle)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--token", help="bearer token required on /v1/* (or set CXRKIT_SERVE_TOKEN)")
+    s.add_argument("--max-upload-mb", type=float, default=50.0, help="upload limit (413 above)")
+    s.add_argument("--max-queue", type=int, default=8, help="requests waiting beyond --workers")
+    s.add_argument("--workers", type=int, default=1, help="prediction threads (default 1)")
+    s.add_argument(
+        "--backend",
+        default="auto",
+        help="as infer --backend: auto, torch, onnx, onnx-int8, openvino, openvino-int8 "
+        "(heatmaps always use the PyTorch weights)",
+    )
+    s.add_argument("--timeout", type=float, default=60.0, help="seconds per request (408/504)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        return args.fn(args)
+    except UserError as err:
+        print(f"cxrkit {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"cxrkit {args.command}: interrupted", file=sys.stderr)
+        return 130

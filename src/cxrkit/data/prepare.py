@@ -1,0 +1,171 @@
+"""``cxrkit prepare``: raw dataset folder -> manifest + image cache.
+
+Parse the dataset's own metadata (a registered parser), split patient-wise (the official
+split when there is one), check for leakage, decode every image once into the cache, and
+write the manifest with a report of what was done: counts, missing and failed images.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrkit import __version__
+from cxrkit.data.cache import build_cache
+from cxrkit.data.datasets.base import BASE_COLUMNS, get_dataset
+from cxrkit.data.manifest import HEADER_NAME, Manifest, load_manifest, write_manifest
+from cxrkit.data.preprocess import Clahe
+from cxrkit.data.splits import split_fingerprints, stratified_patient_split
+from cxrkit.errors import UserError
+
+
+@dataclass
+class SplitPolicy:
+    """How to split: fractions of patients used when no official split exists, and the seed."""
+
+    val_fraction: float = 0.1
+    test_fraction: float = 0.2
+    seed: int = 0
+
+
+def assign_splits(
+    table: pd.DataFrame, findings: list[str], policy: SplitPolicy
+) -> tuple[np.ndarray, str]:
+    """Split names for every row, and a description of how they were chosen.
+
+    Rows with an ``official_split`` of ``train``/``val``/``test`` keep it; ``trainval`` rows
+    are divided by patient into train and val (``val_fraction``); rows without an official
+    split (no column, or ``""``) are drawn by patient into train/val/test, stratified over
+    findings. Patients are never divided between the two groups (the leakage check runs later).
+    """
+    labels = table[findings].to_numpy(np.float32)
+    val, test_f = policy.val_fraction, policy.test_fraction
+    official = (
+        table["official_split"].to_numpy(dtype=object)
+        if "official_split" in table
+        else np.full(len(table), "", dtype=object)
+    )
+    split = np.where(np.isin(official, ["train", "val", "test"]), official, "").astype(object)
+    parts = []
+    trainval = official == "trainval"
+    if trainval.any():
+        split[trainval] = stratified_patient_split(
+            table.loc[trainval, "patient_id"],
+            labels[trainval],
+            {"train": 1 - val, "val": val},
+            seed=policy.seed,
+        )
+        parts.append(f"official train+val divided by patient ({val:g} val)")
+    if (split != "").any() and not trainval.all():
+        parts.insert(
+            0,
+            "official "
+            + "/".join(sorted(set(official[np.isin(official, ["train", "val", "test"])]))),
+        )
+    free = official == ""
+    if free.any():
+        fractions = {"train": 1 - val - test_f, "val": val, "test": test_f}
+        split[free] = stratified_patient_split(
+            table.loc[free, "patient_id"], labels[free], fractions, seed=policy.seed
+        )
+        parts.append(f"patient-wise, stratified over findings: {fractions}")
+    return split, "; ".join(parts)
+
+
+def prepare(
+    dataset: str,
+    root: str | Path,
+    out: str | Path,
+    *,
+    size: int = 256,
+    split: SplitPolicy | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = True,
+    options: dict[str, Any] | None = None,
+    clahe: Clahe | None = None,
+) -> Manifest:
+    """Prepare ``root`` (a raw ``dataset`` folder) into ``out``; returns the loaded manifest.
+
+    ``clahe`` bakes contrast-limited adaptive histogram equalisation into the cache (models
+    trained on it apply the same at inference). ``options`` are the dataset's own options
+    (see its :class:`~cxrkit.data.datasets.Option` list).
+    An interrupted prepare resumes its cache when run again with the same arguments.
+    Unreadable images are left out of the manifest and listed in ``failed_images.csv``.
+    """
+    spec = get_dataset(dataset)
+    out = Path(out)
+    split = split or SplitPolicy()
+    if (out / HEADER_NAME).exists():
+        if not overwrite:
+            raise UserError(
+                f"{out} already holds a prepared dataset; pass --overwrite to replace it"
+            )
+        shutil.rmtree(out)
+    if size < 32:
+        raise UserError(f"cache size must be at least 32 pixels, got {size}")
+    parsed = spec.parse(root, **(options or {}))
+    table = parsed.table.reset_index(drop=True)
+    table["split"], split_desc = assign_splits(table, parsed.findings, split)
+    table["cache_index"] = np.arange(len(table))
+    out.mkdir(parents=True, exist_ok=True)
+    built = build_cache(
+        table["path"].tolist(),
+        out / "cache",
+        size=size,
+        workers=workers,
+        progress=progress,
+        clahe=clahe,
+    )
+    failed = table.loc[list(built.failures)].assign(reason=list(built.failures.values()))
+    failed[["image_id", "path", "reason"]].to_csv(out / "failed_images.csv", index=False)
+    table = table.drop(index=list(built.failures)).drop(columns="official_split", errors="ignore")
+    if table.empty:
+        raise UserError(f"no image under {root} could be read; see {out / 'failed_images.csv'}")
+    columns = [*BASE_COLUMNS, "split", "cache_index", *parsed.findings]
+    table = table[columns]
+    header: dict[str, Any] = {
+        "dataset": spec.name,
+        "source_root": str(Path(root).resolve()),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cxrkit_version": __version__,
+        "findings": parsed.findings,
+        "label_policy": parsed.label_policy,
+        "options": options or {},
+        "split": {
+            "policy": split_desc,
+            "seed": split.seed,
+            "val_fraction": split.val_fraction,
+            "test_fraction": split.test_fraction,
+            "patients_sha256": split_fingerprints(table),
+            "images": table["split"].value_counts().sort_index().to_dict(),
+            "patients": table.groupby("split")["patient_id"].nunique().to_dict(),
+        },
+        "cache": {
+            "file": str(built.file.relative_to(out)),
+            "size": size,
+            "n": built.n,
+            "dtype": "uint8",
+            "layout": "letterbox (aspect kept, zero padding)",
+            "clahe": clahe.to_dict() if clahe else None,
+        },
+        "counts": {
+            **parsed.counts,
+            "failed_to_read": len(built.failures),
+            "prepared": len(table),
+        },
+        "prevalence": {f: _nanmean(table[f]) for f in parsed.findings},
+    }
+    write_manifest(out, table, header)
+    return load_manifest(out)
+
+
+def _nanmean(col: pd.Series) -> float | None:
+    value = float(np.nanmean(col.to_numpy(np.float32))) if col.notna().any() else float("nan")
+    return None if np.isnan(value) else round(value, 6)

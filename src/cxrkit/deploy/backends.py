@@ -1,0 +1,151 @@
+"""Inference backends: what turns a normalised float batch into logits for a Predictor.
+
+A backend is any callable ``(N, 1, S, S)`` normalised float tensor -> ``(N, C)`` logits:
+
+* ``auto`` (default): ``onnx`` for a bundle that has ``model.onnx`` when running on a CPU
+  without native bf16 (onnxruntime ran DenseNet121 about 1.5x faster than PyTorch fp32 on the
+  2-core benchmark machine, docs/benchmarks.md), else ``torch``.
+* ``torch``: the PyTorch module itself, on the predictor's device.
+* ``onnx``: the bundle's ``model.onnx`` under onnxruntime's CPU provider.
+* ``onnx-int8``: the bundle's ``model.int8.onnx`` (``export --quantize static|dynamic``) under
+  onnxruntime.
+* ``openvino`` / ``openvino-int8``: the same files under OpenVINO's CPU runtime (the
+  ``openvino`` extra). With a static int8 file this was the fastest CPU path measured, about
+  1.4x onnxruntime fp32 for DenseNet121 on 2 AVX2 cores (docs/benchmarks.md); onnxruntime's
+  int8 kernels gained little there.
+
+These backends need a bundle folder (``cxrkit export``) whose card lists the file, so the file
+was checked against its sha256 when the bundle was loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cxrkit.errors import UserError, did_you_mean
+from cxrkit.models.checkpoint import LoadedModel
+
+Backend = Callable[[torch.Tensor], torch.Tensor]
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+ONNX_FILES = {
+    "onnx": ONNX_FILE,
+    "onnx-int8": INT8_FILE,
+    "openvino": ONNX_FILE,
+    "openvino-int8": INT8_FILE,
+}
+BACKENDS = ("auto", "torch", *ONNX_FILES)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class ArrayBackend:
+    """A runtime over an exported ONNX file: :meth:`run` maps float32 arrays, calling it maps
+    torch tensors like the module it replaces."""
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """``(N, 1, S, S)`` float32 array -> ``(N, C)`` float32 logits."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.run(x.detach().float().cpu().numpy()))
+
+
+class OnnxBackend(ArrayBackend):
+    """An onnxruntime CPU session over an exported ONNX file (input ``input``, output
+    ``logits``).
+
+    Its threads sleep instead of spin-waiting between operators, so the cores they leave idle go
+    to image decoding (see :func:`cxrkit.deploy.batch.decoded_batches`); model-only speed did not
+    change measurably on the 2-core benchmark machine (``spin_wait=True``: onnxruntime's
+    default, for that comparison)."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None, spin_wait: bool = False):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or usable_cores()
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spin_wait)))
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+
+
+class OpenVinoBackend(ArrayBackend):
+    """An OpenVINO CPU model compiled from an ONNX file (latency hint: one request uses all
+    ``threads``); same interface as :class:`OnnxBackend`. One inference at a time (a lock):
+    the request's output buffer is reused, so results are copied out."""
+
+    def __init__(self, path: str | Path, *, threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise UserError(
+                "the openvino backends need OpenVINO: pip install 'cxrkit[openvino]' "
+                "(or use --backend onnx / onnx-int8)"
+            ) from None
+        self.path = Path(path)
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": threads or usable_cores(), "PERFORMANCE_HINT": "LATENCY"}
+        self.request = core.compile_model(str(self.path), "CPU", config).create_infer_request()
+        self.lock = threading.Lock()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        with self.lock:
+            out = self.request.infer({0: np.ascontiguousarray(x, np.float32)})
+            return np.array(out[0], dtype=np.float32, copy=True)
+
+
+def backend_available(name: str) -> bool:
+    """False for the openvino backends when OpenVINO is not installed."""
+    return not name.startswith("openvino") or importlib.util.find_spec("openvino") is not None
+
+
+def resolve_backend(name: str, loaded: LoadedModel, device: torch.device, bf16: bool) -> str:
+    """The backend ``name`` stands for: ``auto`` becomes ``onnx`` or ``torch`` (see the module
+    docstring); any other name is returned as it is."""
+    if name != "auto":
+        return name
+    source = loaded.source
+    has_onnx = (
+        source is not None and source.is_dir() and ONNX_FILE in (loaded.card.get("files") or {})
+    )
+    return "onnx" if device.type == "cpu" and not bf16 and has_onnx else "torch"
+
+
+def create_backend(name: str, loaded: LoadedModel, model: nn.Module) -> Backend:
+    """``model`` for ``torch``; an :class:`OnnxBackend` over the bundle's file otherwise."""
+    if name == "torch":
+        return model
+    if name not in ONNX_FILES:
+        raise did_you_mean(name, BACKENDS, what="backend")
+    file = ONNX_FILES[name]
+    source = loaded.source
+    if source is None or not source.is_dir():
+        raise UserError(
+            f"backend {name!r} runs {file} of a bundle folder, but {source} is a checkpoint; "
+            "make a bundle with `cxrkit export --checkpoint CKPT --out BUNDLE`"
+        )
+    if file not in (loaded.card.get("files") or {}):
+        hint = "--quantize static" if file == INT8_FILE else "ONNX (without --no-onnx)"
+        raise UserError(f"bundle {source} has no {file}; export again with {hint}")
+    runtime = OpenVinoBackend if name.startswith("openvino") else OnnxBackend
+    return runtime(source / file)

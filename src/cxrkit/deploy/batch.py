@@ -1,0 +1,265 @@
+"""``cxrkit infer``: many images -> one CSV row each, streamed, resumable, nothing lost.
+
+Sources: what :func:`cxrkit.deploy.sources.resolve_sources` lists (a file, a folder, a glob,
+a ``.txt`` or ``.csv`` list). Images are decoded and letterboxed in low-priority background threads
+(or worker processes) while the model runs on the previous batch. An unreadable file gets a row
+with its error and the run goes on. Rows are flushed batch by batch, so an interrupted run
+keeps what it wrote and ``--resume`` continues without redoing or duplicating rows.
+
+CSV columns: ``path, image_id, status`` (``ok`` or ``error: <reason>``), [requested DICOM tags],
+``prob_<finding>`` (calibrated when the model card has a calibration), ``call_<finding>``
+(0/1 at the card's thresholds), ``findings`` (the positive ones, ``|``-separated).
+No patient identifier is written unless asked for with ``dicom_tags``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import itertools
+import os
+import sys
+import threading
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cxrkit.data.preprocess import Clahe, prepare_image
+from cxrkit.deploy.backends import usable_cores
+from cxrkit.deploy.predictor import Predictor
+from cxrkit.errors import UserError
+from cxrkit.io.images import read_xray
+from cxrkit.io.xray import ImageReadError
+
+
+@dataclass
+class Item:
+    """One decoded image (or its error) and the DICOM tags asked for."""
+
+    index: int
+    pixels: np.ndarray | None
+    error: str | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class _Decode(Dataset):
+    """Reads and letterboxes image ``i`` (in a worker process when the loader has workers)."""
+
+    def __init__(self, paths: Sequence[Path], size: int, clahe: Clahe | None, tags: Sequence[str]):
+        self.paths, self.size, self.clahe, self.tags = list(paths), size, clahe, tuple(tags)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> Item:
+        try:
+            xray = read_xray(self.paths[i])
+        except ImageReadError as err:
+            return Item(i, None, err.reason)
+        tags = _dicom_tags(self.paths[i], self.tags) if self.tags and xray.format == "DICOM" else {}
+        return Item(i, prepare_image(xray.pixels, self.size, self.clahe)[None], None, tags)
+
+
+def _dicom_tags(path: Path, names: Sequence[str]) -> dict[str, str]:
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=list(names))
+    return {name: str(ds.get(name, "")) for name in names}
+
+
+@dataclass
+class Prediction:
+    """One file's result: probabilities ``(C,)`` or the error that prevented them."""
+
+    path: str
+    probs: np.ndarray | None
+    error: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def predict_paths(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    *,
+    workers: int = 0,
+    dicom_tags: Sequence[str] = (),
+    progress: bool = False,
+) -> Iterator[Prediction]:
+    """Predictions for ``paths`` in order; decoding runs ahead of the model (see
+    :func:`decoded_batches`)."""
+    dataset = _Decode(paths, predictor.letterbox_size, predictor.clahe, dicom_tags)
+    bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress)
+    with bar:
+        for items in decoded_batches(dataset, predictor.batch_size, workers):
+            good = [it for it in items if it.pixels is not None]
+            probs = (
+                predictor.predict_batch(torch.from_numpy(np.stack([it.pixels for it in good])))
+                if good
+                else np.zeros((0, len(predictor.findings)))
+            )
+            by_index = {it.index: p for it, p in zip(good, probs, strict=True)}
+            for it in items:
+                yield Prediction(str(paths[it.index]), by_index.get(it.index), it.error, it.tags)
+            bar.update(len(items))
+
+
+#: decoding threads at most (``workers=0``); each also holds the GIL for part of every read.
+#: Only 2 threads (2 cores) were measured; the cap is a guess, not a measured optimum.
+MAX_DECODE_THREADS = 4
+
+
+def lower_priority() -> None:
+    """Give the calling thread the lowest CPU priority (nice 19) where the OS allows it per thread
+    (Linux); elsewhere do nothing, as ``setpriority`` there would renice the whole process."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+
+
+def _lower_worker_priority(_: int) -> None:
+    """DataLoader ``worker_init_fn``: decoding processes yield the cores to the model."""
+    if hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(19)
+
+
+def decoded_batches(
+    dataset: _Decode,
+    batch_size: int,
+    workers: int,
+    *,
+    threads: int | None = None,
+    low_priority: bool = True,
+) -> Iterator[list[Item]]:
+    """Lists of up to ``batch_size`` decoded :class:`Item` in order, decoded ahead of use: in
+    ``workers`` spawned processes, or with ``workers=0`` in background threads, one per usable
+    core (at most :data:`MAX_DECODE_THREADS`), each a batch ahead (OpenCV's decoders and resizes
+    release the GIL, so threads overlap the model without the start-up and copying cost of
+    processes, the faster choice on few cores).
+
+    Decoding threads and processes run at the lowest CPU priority: they take the cores the model
+    leaves idle (between its operators, and while it waits for this batch) instead of pre-empting
+    its threads in the middle of a parallel operator, which stalls the other model threads. On 2
+    cores this raised end-to-end images/s by ~15% (docs/benchmarks.md; ``threads`` and
+    ``low_priority`` are there for that comparison, benchmarks/decode_ab.py)."""
+    if workers:
+        yield from DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=workers,
+            collate_fn=list,
+            prefetch_factor=4,
+            multiprocessing_context="spawn",
+            worker_init_fn=_lower_worker_priority if low_priority else None,
+        )
+        return
+
+    def decode(start: int) -> list[Item]:
+        return [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+
+    threads = threads or min(usable_cores(), MAX_DECODE_THREADS)
+    starts = iter(range(0, len(dataset), batch_size))
+    initializer = lower_priority if low_priority else None
+    with ThreadPoolExecutor(threads, "cxrkit-decode", initializer=initializer) as pool:
+        ahead = deque(pool.submit(decode, s) for s in itertools.islice(starts, threads + 1))
+        while ahead:
+            batch = ahead.popleft().result()
+            following = next(starts, None)
+            if following is not None:
+                ahead.append(pool.submit(decode, following))
+            yield batch
+
+
+@dataclass
+class InferSummary:
+    ok: int
+    failed: int
+    skipped: int  # already in the CSV (resume)
+
+
+def write_predictions(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    out_csv: str | Path,
+    *,
+    workers: int = 0,
+    resume: bool = False,
+    overwrite: bool = False,
+    dicom_tags: Sequence[str] = (),
+    progress: bool = True,
+) -> InferSummary:
+    """Stream one CSV row per image to ``out_csv`` (columns in the module docstring)."""
+    out_csv = Path(out_csv)
+    names = predictor.findings
+    header = [
+        "path",
+        "image_id",
+        "status",
+        *dicom_tags,
+        *(f"prob_{f}" for f in names),
+        *(f"call_{f}" for f in names),
+        "findings",
+    ]
+    done: set[str] = set()
+    if out_csv.exists() and resume:
+        existing = pd.read_csv(out_csv, dtype=str, usecols=lambda c: c in ("path",))
+        done = set(existing["path"]) if "path" in existing else set()
+        with out_csv.open() as fh:
+            if next(csv.reader(fh), []) != header:
+                raise UserError(
+                    f"{out_csv} was written with other columns (another model or "
+                    "--dicom-tags); resume into the same settings or a new file"
+                )
+    elif out_csv.exists() and not overwrite:
+        raise UserError(f"{out_csv} exists; pass --resume to continue it or --overwrite")
+    todo = [p for p in paths if str(p) not in done]
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    n_ok = n_failed = 0
+    with out_csv.open("a" if done or (resume and out_csv.exists()) else "w", newline="") as fh:
+        writer = csv.writer(fh)
+        if fh.tell() == 0:
+            writer.writerow(header)
+        for k, pred in enumerate(
+            predict_paths(
+                predictor, todo, workers=workers, dicom_tags=dicom_tags, progress=progress
+            )
+        ):
+            tags = [pred.tags.get(t, "") for t in dicom_tags]
+            image_id = os.path.basename(pred.path)
+            if pred.probs is None:
+                n_failed += 1
+                writer.writerow(
+                    [
+                        pred.path,
+                        image_id,
+                        f"error: {pred.error}",
+                        *tags,
+                        *[""] * (2 * len(names) + 1),
+                    ]
+                )
+            else:
+                n_ok += 1
+                calls = predictor.calls(pred.probs[None])[0]
+                positive = "|".join(f for f, c in zip(names, calls, strict=True) if c)
+                writer.writerow(
+                    [
+                        pred.path,
+                        image_id,
+                        "ok",
+                        *tags,
+                        *(f"{p:.6f}" for p in pred.probs),
+                        *(int(c) for c in calls),
+                        positive,
+                    ]
+                )
+            if k % predictor.batch_size == predictor.batch_size - 1:
+                fh.flush()
+    return InferSummary(ok=n_ok, failed=n_failed, skipped=len(paths) - len(todo))

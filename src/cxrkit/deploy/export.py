@@ -1,0 +1,178 @@
+"""``cxrkit export``: a checkpoint -> a self-contained, pickle-free bundle folder::
+
+    BUNDLE/model_card.json     the model card, "format": "cxrkit-bundle/1", each file's sha256
+    BUNDLE/model.safetensors   the network's state_dict
+    BUNDLE/model.onnx          normalised float (N, 1, S, S) -> logits (N, C), dynamic batch
+    BUNDLE/model.int8.onnx     with quantize: int8 for CPU, static or dynamic
+                               (cxrkit.deploy.quantize)
+
+The ONNX file is checked after export: onnxruntime and PyTorch must agree on a random batch
+of 3 within :data:`ONNX_TOLERANCE` on the logits. With ``data`` (a prepared folder), static
+quantisation is calibrated on its training split, and the validation macro AUROC of
+``model.onnx`` and ``model.int8.onnx`` goes into the card.
+Load a bundle with :func:`cxrkit.models.checkpoint.load_model`; predict with
+``Predictor.from_checkpoint(bundle, backend="onnx")``.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from cxrkit import __version__
+from cxrkit.deploy.backends import INT8_FILE, ONNX_FILE, OnnxBackend
+from cxrkit.deploy.quantize import (
+    CALIBRATION_IMAGES,
+    QUANT_METHODS,
+    manifest_calibration,
+    quantization_auroc,
+    quantize_onnx,
+)
+from cxrkit.errors import UserError, did_you_mean
+from cxrkit.files import write_json
+from cxrkit.models.checkpoint import (
+    BUNDLE_CARD,
+    BUNDLE_FORMAT,
+    BUNDLE_WEIGHTS,
+    LoadedModel,
+    file_sha256,
+    load_model,
+)
+
+ONNX_TOLERANCE = 1e-4  #: max abs difference of logits, onnxruntime vs PyTorch
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+#: card keys that describe one bundle's files; dropped when a bundle is exported again
+BUNDLE_KEYS = ("files", "onnx", "quantization", "exported", "source_format")
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    onnx: bool = True,
+    quantize: str | None = None,
+    data: str | Path | None = None,
+    opset: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the bundle of ``checkpoint`` (a checkpoint file or a bundle) to ``out_dir``;
+    ``quantize``: ``static`` (needs ``data``) or ``dynamic`` int8 (see
+    :mod:`cxrkit.deploy.quantize`)."""
+    if quantize is not None and quantize not in QUANT_METHODS:
+        raise did_you_mean(quantize, QUANT_METHODS, what="--quantize method")
+    if quantize and not onnx:
+        raise UserError("--quantize quantises the ONNX model; drop --no-onnx")
+    if data is not None and not quantize:
+        raise UserError("--data measures the AUROC change of int8 quantisation; add --quantize")
+    if quantize == "static" and data is None:
+        raise UserError(
+            "--quantize static calibrates activation ranges on real images: add --data PREP "
+            f"(a prepared folder; {CALIBRATION_IMAGES} of its training images are used), "
+            "or use --quantize dynamic"
+        )
+    loaded = load_model(checkpoint)
+    out = Path(out_dir)
+    if loaded.source is not None and out.resolve() == loaded.source.resolve():
+        raise UserError(f"--out {out} is the bundle being exported; choose another folder")
+    _prepare_out(out, overwrite)
+    card = {k: v for k, v in loaded.card.items() if k not in BUNDLE_KEYS}
+    card["source_format"] = card.pop("format", None)
+    model = loaded.model.eval()
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, out / BUNDLE_WEIGHTS, metadata={"format": BUNDLE_FORMAT})
+    if onnx:
+        card["onnx"] = export_onnx(model, out / ONNX_FILE, int(card["input_size"]), opset=opset)
+    if quantize:
+        calibration = (
+            manifest_calibration(LoadedModel(model, card), data)
+            if quantize == "static" and data is not None
+            else None
+        )
+        card["quantization"] = quantize_onnx(
+            out / ONNX_FILE, out / INT8_FILE, quantize, calibration
+        )
+    card.update(
+        format=BUNDLE_FORMAT,
+        exported={
+            "cxrkit": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        files={
+            p.name: {"sha256": file_sha256(p), "bytes": p.stat().st_size}
+            for p in sorted(out.iterdir())
+        },
+    )
+    if data is not None:
+        card["quantization"]["validation"] = quantization_auroc(LoadedModel(model, card, out), data)
+    write_json(out / BUNDLE_CARD, card)
+    return out
+
+
+def export_onnx(
+    model: nn.Module, path: Path, input_size: int, *, opset: int | None = None
+) -> dict[str, Any]:
+    """Export with torch.onnx's default (dynamo) exporter, one file, dynamic batch axis; then
+    check onnxruntime against PyTorch on a random batch of 3. Returns the card's ``onnx``."""
+    example = torch.randn(2, 1, input_size, input_size)
+    try:
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
+            opset_version=opset,
+            external_data=False,
+            verbose=False,
+        )
+    except Exception as err:  # noqa: BLE001 - any exporter failure: say so, offer --no-onnx
+        raise UserError(
+            f"ONNX export failed ({type(err).__name__}: {str(err)[:300]}); "
+            "export with --no-onnx for a safetensors-only bundle"
+        ) from err
+    x = torch.randn(3, 1, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    got = OnnxBackend(path).run(x.numpy())
+    diff = float(np.abs(got - expected).max())
+    if got.shape != expected.shape or not diff <= ONNX_TOLERANCE:
+        raise UserError(
+            f"{path}: onnxruntime logits differ from PyTorch by {diff:.2e} "
+            f"(> {ONNX_TOLERANCE:g}) on a random batch; try another --opset or use --no-onnx"
+        )
+    import onnx as onnx_lib
+
+    proto = onnx_lib.load(str(path), load_external_data=False)
+    return {
+        "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["N", 1, input_size, input_size],
+            "dtype": "float32",
+            "content": "normalised image (see normalization)",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["N", "C"], "content": "logits of findings"},
+        "verified": {"batch": 3, "max_abs_logit_diff": diff, "tolerance": ONNX_TOLERANCE},
+    }
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    """Create ``out``; a non-empty folder is replaced only with ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the bundle")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(
+                f"{out} already exists and is not empty; choose another --out or pass --overwrite"
+            )
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)

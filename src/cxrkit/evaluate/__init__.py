@@ -1,0 +1,29 @@
+"""Evaluation: labels + scores -> the figures a clinical audit asks for (``cxrkit eval``).
+
+Pure numbers, no torch: :mod:`~cxrkit.evaluate.metrics` (AUROC, AP, sensitivity at a fixed
+specificity, sort-based, checked against scikit-learn), :mod:`~cxrkit.evaluate.bootstrap`
+(patient-resampled intervals), :mod:`~cxrkit.evaluate.delong` (DeLong intervals and tests),
+:mod:`~cxrkit.evaluate.thresholds` (per-finding operating points),
+:mod:`~cxrkit.evaluate.calibration`, :mod:`~cxrkit.evaluate.results` (everything for one
+model, subgroups, tables), :mod:`~cxrkit.evaluate.predictions` (other tools' CSVs matched to
+labels), :mod:`~cxrkit.evaluate.report` and :mod:`~cxrkit.evaluate.plots` (``report.html``),
+:mod:`~cxrkit.evaluate.runs` (``eval`` and ``compare`` end to end).
+
+Evaluating predictions imports neither torch nor timm; only
+:func:`~cxrkit.evaluate.runs.evaluate_checkpoint` loads a model, through :mod:`cxrkit.deploy`.
+"""
+
+from cxrkit.lazy import attach
+
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "bootstrap": ["bootstrap_ci"],
+        "calibration": ["Calibrator", "fit_calibrator"],
+        "delong": ["delong_ci", "delong_test"],
+        "metrics": ["average_precision", "roc_auc", "summarize"],
+        "results": ["evaluate", "subgroups"],
+        "runs": ["EvalOptions", "compare", "evaluate_checkpoint", "evaluate_predictions"],
+        "thresholds": ["tune_thresholds"],
+    },
+)

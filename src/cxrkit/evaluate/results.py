@@ -1,0 +1,264 @@
+"""The evaluation a clinical audit asks for, on aligned labels and scores (pure numpy).
+
+:func:`evaluate` turns ``y_true`` / ``y_score`` ``(n, C)`` (+ thresholds tuned on the
+validation split, patient ids, optional calibrated scores and subgroup columns) into the
+``metrics.json`` dict: per-class AUROC, AP, prevalence, operating-point figures at the
+threshold (sensitivity, specificity, PPV, NPV, F1), sensitivity at fixed specificities and
+specificity at fixed sensitivities, each with a 95% bootstrap interval resampling patients,
+DeLong intervals for AUROC, macro / micro / prevalence-weighted averages, Brier and ECE, and a
+subgroup table with the largest AUROC gap per finding.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrkit.evaluate.bootstrap import bootstrap_ci
+from cxrkit.evaluate.calibration import brier, ece
+from cxrkit.evaluate.delong import delong_ci
+from cxrkit.evaluate.metrics import (
+    confusion_at_thresholds,
+    sensitivity_at_specificity,
+    specificity_at_sensitivity,
+    summarize,
+)
+from cxrkit.files import json_float
+
+AGE_BANDS = (0, 20, 40, 60, 80, 200)
+
+
+def _ci(pair: np.ndarray) -> list[float | None] | None:
+    low, high = json_float(pair[0]), json_float(pair[1])
+    return None if low is None or high is None else [low, high]
+
+
+def evaluate(
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    classes: Sequence[str],
+    thresholds: np.ndarray,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    specificities: Sequence[float] = (0.8, 0.9, 0.95),
+    sensitivities: Sequence[float] = (0.8, 0.9),
+    raw_score: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Metrics with confidence intervals; see the module docstring. ``y_score`` is what the
+    model outputs after calibration; ``raw_score`` (optional) the same before calibration, for
+    the Brier/ECE comparison."""
+    classes = list(classes)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        base = summarize(
+            y_true, y_score, classes=classes, thresholds=thresholds, specificity=specificities[0]
+        )
+        conf = confusion_at_thresholds(y_true, y_score, thresholds)
+        extra = {
+            f"sens_at_spec_{s:g}": sensitivity_at_specificity(y_true, y_score, specificity=s)
+            for s in specificities
+        }
+        extra |= {
+            f"spec_at_sens_{s:g}": specificity_at_sensitivity(y_true, y_score, sensitivity=s)
+            for s in sensitivities
+        }
+        ci = (
+            bootstrap_ci(
+                y_true,
+                y_score,
+                thresholds=thresholds,
+                groups=groups,
+                n_boot=n_boot,
+                seed=seed,
+                specificities=specificities,
+                sensitivities=sensitivities,
+            )
+            if n_boot > 0
+            else {}
+        )
+        cal = {"brier": brier(y_true, y_score), "ece": ece(y_true, y_score)}
+        if raw_score is not None:
+            cal = {
+                "brier": brier(y_true, raw_score),
+                "ece": ece(y_true, raw_score),
+                "brier_calibrated": cal["brier"],
+                "ece_calibrated": cal["ece"],
+            }
+        per_class = base["per_class"]
+        for j, name in enumerate(classes):
+            entry = per_class[name]
+            for key in ("ppv", "npv", "f1"):
+                entry[key] = json_float(conf[key][j])
+            for key, values in {**extra, **cal}.items():
+                entry[key] = json_float(values[j])
+            for key, interval in ci.items():
+                if not key.startswith(("macro_", "micro_")):
+                    entry[f"{key}_ci"] = _ci(interval[j])
+            mask = ~np.isnan(y_true[:, j])
+            if len(np.unique(y_true[mask, j])) == 2:
+                _, low, high = delong_ci(y_true[:, j], y_score[:, j])
+                entry["auroc_delong_ci"] = [json_float(low), json_float(high)]
+    metrics = dict(base)
+    if "macro_auroc" in ci:
+        metrics["macro"]["auroc_ci"] = _ci(ci["macro_auroc"])
+        metrics["macro"]["ap_ci"] = _ci(ci["macro_ap"])
+        metrics["micro"]["auroc_ci"] = _ci(ci["micro_auroc"])
+    metrics["weighted"] = _weighted(per_class, classes)
+    metrics["n_patients"] = int(len(np.unique(groups))) if groups is not None else None
+    metrics["bootstrap"] = (
+        {
+            "n": n_boot,
+            "unit": "patient" if groups is not None else "image",
+            "seed": seed,
+            "interval": "95% percentile",
+        }
+        if n_boot > 0
+        else None
+    )
+    metrics["warnings"] = sorted({str(w.message) for w in caught})
+    return metrics
+
+
+def _weighted(per_class: dict[str, dict], classes: list[str]) -> dict[str, float | None]:
+    """Prevalence-weighted (by positives) averages of AUROC and AP over evaluable classes."""
+    out: dict[str, float | None] = {}
+    for key in ("auroc", "ap"):
+        pairs = [
+            (per_class[c][key], per_class[c]["n_positive"])
+            for c in classes
+            if per_class[c][key] is not None
+        ]
+        total = sum(w for _, w in pairs)
+        out[key] = sum(v * w for v, w in pairs) / total if total else None
+    return out
+
+
+def add_age_band(table: pd.DataFrame) -> pd.DataFrame:
+    """Add ``age_band`` (``<20``, ``20-39``, ..., ``80+``) from ``age`` when it exists."""
+    if "age" not in table:
+        return table
+    labels = ["<20", "20-39", "40-59", "60-79", "80+"]
+    band = pd.cut(
+        pd.to_numeric(table["age"], errors="coerce"), AGE_BANDS, right=False, labels=labels
+    )
+    return table.assign(age_band=band.astype(object).where(band.notna(), None))
+
+
+def subgroups(
+    table: pd.DataFrame,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    *,
+    classes: Sequence[str],
+    by: Sequence[str],
+    min_size: int = 10,
+) -> dict[str, Any]:
+    """Per group of each ``by`` column: n, positives and AUROC with a DeLong 95% interval per
+    finding, and per finding the largest AUROC gap between two groups of one column.
+
+    ``table`` rows align with ``y_true``. Groups smaller than ``min_size`` images are listed
+    with counts only (an AUROC on a handful of images is noise)."""
+    table = add_age_band(table.reset_index(drop=True))
+    unknown = [c for c in by if c not in table.columns]
+    if unknown:
+        from cxrkit.errors import UserError
+
+        raise UserError(
+            f"--by {', '.join(unknown)}: no such column; available: "
+            f"{', '.join(c for c in table.columns if table[c].nunique() < 50)}"
+        )
+    rows: list[dict[str, Any]] = []
+    gaps: dict[str, dict[str, Any]] = {}
+    for column in by:
+        values = table[column].astype(object).where(table[column].notna(), None)
+        for group in sorted({v for v in values if v not in (None, "")}, key=str):
+            mask = (values == group).to_numpy()
+            for j, name in enumerate(classes):
+                y, s = y_true[mask, j], y_score[mask, j]
+                labelled = ~np.isnan(y)
+                n_pos = int((y[labelled] == 1).sum())
+                row = {
+                    "column": column,
+                    "group": str(group),
+                    "finding": name,
+                    "n": int(labelled.sum()),
+                    "n_positive": n_pos,
+                    "auroc": None,
+                    "auroc_ci": None,
+                }
+                if labelled.sum() >= min_size and 2 <= n_pos <= labelled.sum() - 2:
+                    auc, low, high = delong_ci(y, s)
+                    row["auroc"] = json_float(auc)
+                    row["auroc_ci"] = [json_float(low), json_float(high)]
+                rows.append(row)
+        for name in classes:
+            scored = [
+                r
+                for r in rows
+                if r["column"] == column and r["finding"] == name and r["auroc"] is not None
+            ]
+            if len(scored) >= 2:
+                low_r = min(scored, key=lambda r: r["auroc"])
+                high_r = max(scored, key=lambda r: r["auroc"])
+                gap = high_r["auroc"] - low_r["auroc"]
+                if name not in gaps or gap > gaps[name]["gap"]:
+                    gaps[name] = {
+                        "column": column,
+                        "gap": gap,
+                        "low_group": low_r["group"],
+                        "high_group": high_r["group"],
+                    }
+    return {"by": list(by), "min_size": min_size, "rows": rows, "largest_gap": gaps}
+
+
+def per_class_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """``per_class.csv``: one row per finding, CI pairs split into ``_low``/``_high``."""
+    records = []
+    for name in metrics["classes"]:
+        entry = {"finding": name}
+        for key, value in metrics["per_class"][name].items():
+            if isinstance(value, list):
+                entry[f"{key}_low"], entry[f"{key}_high"] = value
+            else:
+                entry[key] = value
+        records.append(entry)
+    return pd.DataFrame.from_records(records)
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """The per-class results table printed by ``eval`` and ``demo``."""
+    first = next(iter(metrics["per_class"].values()))
+    key = next(
+        (k for k in first if k.startswith("sens_at_spec") and not k.endswith("_ci")),
+        "sens_at_spec_0.8",
+    )
+    spec = key.rsplit("_", 1)[-1]
+    sens_head = f"Sen@Spec({spec})"
+    head = f"{'Class':<20} {'AUROC':>7} {'95% CI':>15} {'AP':>7} {'Thr':>6} {sens_head:>16}"
+    lines = [head, "-" * len(head)]
+
+    def fmt(v: float | None, width: int, digits: int = 3) -> str:
+        return f"{v:>{width}.{digits}f}" if v is not None else f"{'n/a':>{width}}"
+
+    def ci(v: list | None) -> str:
+        return f"{v[0]:.3f}-{v[1]:.3f}".rjust(15) if v else f"{'':>15}"
+
+    for name in metrics["classes"]:
+        m = metrics["per_class"][name]
+        lines.append(
+            f"{name:<20} {fmt(m['auroc'], 7)} {ci(m.get('auroc_ci'))} {fmt(m['ap'], 7)} "
+            f"{fmt(m['threshold'], 6, 2)} {fmt(m[key], 16)}"
+        )
+    lines.append("-" * len(head))
+    for avg in ("macro", "micro"):
+        row = metrics[avg]
+        lines.append(
+            f"{avg:<20} {fmt(row['auroc'], 7)} {ci(row.get('auroc_ci'))} {fmt(row['ap'], 7)}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,325 @@
+"""``cxrkit eval`` and ``cxrkit compare``: run an evaluation end to end and write its files.
+
+Outputs in ``OUT/``: ``metrics.json`` (see :mod:`cxrkit.evaluate.results`), ``per_class.csv``,
+``report.html`` (self-contained) and, for a checkpoint, ``predictions_<split>.csv``.
+Thresholds and calibration are fitted on the **validation** split only; with a checkpoint
+they are written into its model card so ``infer`` and ``serve`` use the same operating points.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrkit import __version__
+from cxrkit.data.manifest import load_manifest
+from cxrkit.errors import UserError
+from cxrkit.evaluate.calibration import Calibrator, compare_methods, fit_calibrator
+from cxrkit.evaluate.delong import delong_test
+from cxrkit.evaluate.predictions import LabelSource, load_labels, match, read_predictions
+from cxrkit.evaluate.results import evaluate, per_class_table, subgroups
+from cxrkit.evaluate.thresholds import FALLBACK_THRESHOLD, check_method, tune_thresholds
+from cxrkit.files import json_float, write_json
+
+CALIBRATIONS = ("none", "auto", "temperature", "platt", "isotonic")
+
+
+@dataclass
+class EvalOptions:
+    """Everything ``eval`` can be told besides its inputs."""
+
+    split: str = "test"
+    threshold_method: str = "f1"
+    calibration: str = "temperature"
+    specificities: tuple[float, ...] = (0.8, 0.9, 0.95)
+    sensitivities: tuple[float, ...] = (0.8, 0.9)
+    n_boot: int = 1000
+    seed: int = 0
+    by: tuple[str, ...] = ()
+    report: bool = True
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, Any]
+    out: Path
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.out / "metrics.json"
+
+
+def _check(options: EvalOptions) -> None:
+    if options.split == "val":
+        raise UserError(
+            "thresholds and calibration are fitted on the val split; evaluate "
+            "another split (--split test), never tune on what you report"
+        )
+    check_method(options.threshold_method)
+    if options.calibration not in CALIBRATIONS:
+        from cxrkit.errors import did_you_mean
+
+        raise did_you_mean(options.calibration, CALIBRATIONS, what="calibration")
+
+
+def fit_operating_points(
+    y_val: np.ndarray, p_val: np.ndarray, classes: list[str], options: EvalOptions
+) -> tuple[Calibrator | None, np.ndarray, dict[str, Any]]:
+    """Calibration (optional) then thresholds, both on the validation split."""
+    method = options.calibration
+    info: dict[str, Any] = {"split": "val", "n_images": len(y_val)}
+    if method == "auto":
+        scores = compare_methods(y_val, p_val, classes=classes)["methods"]
+        method = min(scores, key=lambda m: scores[m]["macro"]["nll"] or np.inf)
+        info["compared"] = {m: scores[m]["macro"] for m in scores}
+        method = "none" if method == "uncalibrated" else method
+    calibrator = (
+        None if method == "none" else fit_calibrator(y_val, p_val, method=method, classes=classes)
+    )
+    p_cal = calibrator.apply(p_val) if calibrator else p_val
+    thresholds = tune_thresholds(y_val, p_cal, method=options.threshold_method, classes=classes)
+    info["method"] = method
+    return calibrator, thresholds, info
+
+
+def _finish(
+    metrics: dict[str, Any],
+    out: Path,
+    y_true: np.ndarray,
+    y_score: np.ndarray,
+    raw: np.ndarray | None,
+    options: EvalOptions,
+) -> EvalResult:
+    out.mkdir(parents=True, exist_ok=True)
+    metrics["versions"] = {
+        "cxrkit": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+    }
+    write_json(out / "metrics.json", metrics)
+    per_class_table(metrics).to_csv(out / "per_class.csv", index=False)
+    if options.report:
+        from cxrkit.evaluate.report import write_report
+
+        write_report(out / "report.html", metrics, y_true, y_score, uncalibrated=raw)
+    return EvalResult(metrics=metrics, out=out)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    options: EvalOptions | None = None,
+    write_card: bool = True,
+    progress: bool = True,
+) -> EvalResult:
+    """Predict the val and ``options.split`` rows of a prepared folder and evaluate."""
+    options = options or EvalOptions()
+    _check(options)
+    if write_card and Path(checkpoint).is_dir():
+        raise UserError(
+            f"{checkpoint} is an exported bundle, whose card is fixed at export; pass "
+            "--no-write-card, or evaluate the checkpoint and export it again"
+        )
+    # Imported here: evaluating predictions (the rest of this module) needs no torch.
+    from cxrkit.deploy.predictor import Predictor
+    from cxrkit.models.checkpoint import update_card
+
+    predictor = Predictor.from_checkpoint(checkpoint)
+    manifest = load_manifest(data)
+    classes = predictor.findings
+    missing = [f for f in classes if f not in manifest.findings]
+    if missing:
+        raise UserError(f"{data} has no labels for {', '.join(missing)}, which the model predicts")
+    val_rows, rows = manifest.rows("val"), manifest.rows(options.split)
+    p_val = predictor.predict_manifest(manifest, val_rows, progress=progress, calibrated=False)
+    raw = predictor.predict_manifest(manifest, rows, progress=progress, calibrated=False)
+    y_val, y = manifest.labels(val_rows, classes), manifest.labels(rows, classes)
+    calibrator, thresholds, info = fit_operating_points(y_val, p_val, classes, options)
+    probs = calibrator.apply(raw) if calibrator else raw
+    metrics = _metrics(y, probs, raw if calibrator else None, rows, classes, thresholds, options)
+    metrics["thresholds"] = {
+        "method": options.threshold_method,
+        "split": "val",
+        "values": dict(zip(classes, map(float, thresholds), strict=True)),
+    }
+    metrics["calibration"] = {**info, "parameters": calibrator.to_dict() if calibrator else None}
+    metrics["source"] = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "data": str(Path(data).resolve()),
+    }
+    out = Path(out)
+    result = _finish(metrics, out, y, probs, raw if calibrator else None, options)
+    table = pd.DataFrame(
+        {"image_id": rows["image_id"].to_numpy(), "patient_id": rows["patient_id"].to_numpy()}
+    )
+    for j, f in enumerate(classes):
+        table[f"label_{f}"] = y[:, j]
+        table[f"prob_{f}"] = probs[:, j]
+    table.to_csv(out / f"predictions_{options.split}.csv", index=False)
+    if write_card:
+        update_card(
+            checkpoint,
+            thresholds={**metrics["thresholds"], "n_val_images": len(val_rows)},
+            calibration=calibrator.to_dict() if calibrator else None,
+            test_metrics={
+                "split": options.split,
+                "macro": metrics["macro"],
+                "n_images": metrics["n_images"],
+            },
+        )
+    return result
+
+
+def _metrics(
+    y: np.ndarray,
+    probs: np.ndarray,
+    raw: np.ndarray | None,
+    rows: pd.DataFrame,
+    classes: list[str],
+    thresholds: np.ndarray,
+    options: EvalOptions,
+) -> dict[str, Any]:
+    groups = rows["patient_id"].astype(str).to_numpy() if "patient_id" in rows else None
+    metrics = evaluate(
+        y,
+        probs,
+        classes=classes,
+        thresholds=thresholds,
+        groups=groups,
+        n_boot=options.n_boot,
+        seed=options.seed,
+        specificities=options.specificities,
+        sensitivities=options.sensitivities,
+        raw_score=raw,
+    )
+    metrics["split"] = options.split
+    metrics["subgroups"] = (
+        subgroups(rows, y, probs, classes=classes, by=options.by) if options.by else None
+    )
+    return metrics
+
+
+def evaluate_predictions(
+    predictions: str | Path,
+    labels: str | Path,
+    out: str | Path,
+    *,
+    dataset: str | None = None,
+    options: EvalOptions | None = None,
+) -> EvalResult:
+    """Evaluate another tool's predictions CSV against a manifest or a dataset's label file.
+
+    With a manifest whose val images are also predicted, thresholds (and calibration) are
+    tuned there; otherwise thresholds are fixed at 0.5 and calibration is off (a warning says
+    so). Images in only one of the two files are counted in ``metrics["missing"]``."""
+    options = options or EvalOptions()
+    _check(options)
+    source = load_labels(labels, dataset=dataset)
+    table = read_predictions(predictions)
+    target = _split_rows(source, options.split)
+    matched = match(table, target, where=str(predictions), known=set(source.table["key"]))
+    classes = matched.findings
+    notes = []
+    val = _split_rows(source, "val") if "split" in source.table else None
+    val_matched = None
+    if val is not None and len(val.table):
+        try:
+            val_matched = match(table, val, where=str(predictions), findings=classes)
+        except UserError:
+            val_matched = None
+    if val_matched is not None:
+        calibrator, thresholds, info = fit_operating_points(
+            val_matched.y_true, val_matched.y_score, classes, options
+        )
+    else:
+        calibrator, thresholds = None, np.full(len(classes), FALLBACK_THRESHOLD)
+        info = {"method": "none", "split": None}
+        notes.append(
+            f"no validation predictions to tune on: thresholds fixed at "
+            f"{FALLBACK_THRESHOLD}, no calibration"
+        )
+    raw = matched.y_score
+    probs = calibrator.apply(raw) if calibrator else raw
+    metrics = _metrics(
+        matched.y_true,
+        probs,
+        raw if calibrator else None,
+        matched.labels,
+        classes,
+        thresholds,
+        options,
+    )
+    metrics["warnings"] = sorted(set(metrics["warnings"]) | set(notes))
+    metrics["missing"] = matched.missing
+    metrics["thresholds"] = {
+        "method": options.threshold_method if val_matched else "fixed",
+        "split": "val" if val_matched else None,
+        "values": dict(zip(classes, map(float, thresholds), strict=True)),
+    }
+    metrics["calibration"] = {**info, "parameters": calibrator.to_dict() if calibrator else None}
+    metrics["source"] = {
+        "predictions": str(Path(predictions).resolve()),
+        "labels": str(Path(labels).resolve()),
+    }
+    return _finish(metrics, Path(out), matched.y_true, probs, raw if calibrator else None, options)
+
+
+def _split_rows(source: LabelSource, split: str | None) -> LabelSource:
+    """The rows of ``split`` when the labels have splits (a manifest); all rows otherwise."""
+    if split is None or "split" not in source.table:
+        return source
+    return LabelSource(source.table[source.table["split"] == split], source.findings, source.origin)
+
+
+def compare(
+    a: str | Path,
+    b: str | Path,
+    labels: str | Path,
+    out: str | Path,
+    *,
+    dataset: str | None = None,
+    split: str | None = "test",
+) -> dict[str, Any]:
+    """Two models' predictions on the same images: per-finding AUROC of each, the paired
+    DeLong test of the difference, and the images used (those both files and the labels have)."""
+    source = _split_rows(load_labels(labels, dataset=dataset), split)
+    ma = match(read_predictions(a), source, where=str(a))
+    mb = match(read_predictions(b), source, where=str(b), findings=ma.findings)
+    common = np.intersect1d(ma.keys, mb.keys)
+    if common.size == 0:
+        raise UserError(f"{a} and {b} share no labelled image")
+    ia = pd.Index(ma.keys).get_indexer(common)
+    ib = pd.Index(mb.keys).get_indexer(common)
+    rows = {}
+    for j, name in enumerate(mb.findings):
+        ja = ma.findings.index(name)
+        y = ma.y_true[ia, ja]
+        if len(np.unique(y[~np.isnan(y)])) < 2:
+            continue
+        test = delong_test(y, ma.y_score[ia, ja], mb.y_score[ib, j])
+        rows[name] = {
+            k: (json_float(v) if np.ndim(v) == 0 else [json_float(x) for x in v])
+            for k, v in test.items()
+        }
+        rows[name] |= {"n_positive": int((y == 1).sum()), "n_negative": int((y == 0).sum())}
+    result = {
+        "a": str(a),
+        "b": str(b),
+        "labels": str(labels),
+        "n_images": int(common.size),
+        "only_in_a": int(len(ma.keys) - common.size),
+        "only_in_b": int(len(mb.keys) - common.size),
+        "per_class": rows,
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", result)
+    return result

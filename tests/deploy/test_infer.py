@@ -1,0 +1,143 @@
+"""`infer`: sources, worker decoding, resume, DICOM tags, bf16 and TTA."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cxrkit.data.manifest import load_manifest
+from cxrkit.deploy.batch import _Decode, decoded_batches, predict_paths, write_predictions
+from cxrkit.deploy.predictor import Predictor
+from cxrkit.deploy.sources import resolve_sources
+from cxrkit.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def predictor(trained: Path) -> Predictor:
+    return Predictor.from_checkpoint(trained / "checkpoints" / "best.ckpt", batch_size=4)
+
+
+@pytest.fixture()
+def images(prepared: Path) -> list[Path]:
+    return [Path(p) for p in load_manifest(prepared).rows("test")["path"].iloc[:6]]
+
+
+def test_sources_folder_glob_txt_csv(images: list[Path], tmp_path: Path) -> None:
+    folder = tmp_path / "imgs" / "sub"
+    folder.mkdir(parents=True)
+    for p in images[:3]:
+        shutil.copy(p, folder / p.name)
+    assert [p.name for p in resolve_sources(tmp_path / "imgs")] == sorted(
+        p.name for p in images[:3]
+    )
+    assert len(resolve_sources(str(tmp_path / "imgs" / "**" / "*.png"))) == 3
+    (tmp_path / "list.txt").write_text("\n".join(f"imgs/sub/{p.name}" for p in images[:2]))
+    assert resolve_sources(tmp_path / "list.txt") == [folder / p.name for p in images[:2]]
+    pd.DataFrame({"Path": [str(p) for p in images[:4]]}).to_csv(tmp_path / "l.csv", index=False)
+    assert resolve_sources(tmp_path / "l.csv") == images[:4]
+    with pytest.raises(UserError, match="matches no file"):
+        resolve_sources(str(tmp_path / "*.dcm"))
+    pd.DataFrame({"x": [1]}).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(UserError, match="no path column"):
+        resolve_sources(tmp_path / "bad.csv")
+
+
+def test_worker_decoding_gives_the_same_rows_in_order(
+    predictor: Predictor, images: list[Path]
+) -> None:
+    here = list(predict_paths(predictor, images))
+    workers = list(predict_paths(predictor, images, workers=2))
+    assert [p.path for p in workers] == [str(p) for p in images]
+    np.testing.assert_allclose(
+        np.stack([p.probs for p in workers]), np.stack([p.probs for p in here]), atol=1e-6
+    )
+
+
+def test_thread_decoding_keeps_order_errors_and_batches(
+    predictor: Predictor, images: list[Path], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    paths = [*images[:3], broken, *images[3:]]
+    dataset = _Decode(paths, predictor.letterbox_size, None, ())
+    batches = list(decoded_batches(dataset, 3, workers=0))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    items = [it for b in batches for it in b]
+    assert [it.index for it in items] == list(range(len(paths)))
+    assert items[3].pixels is None and items[3].error
+    for it in items[:3]:
+        np.testing.assert_array_equal(it.pixels, dataset[it.index].pixels)
+    assert list(decoded_batches(_Decode([], 64, None, ()), 3, workers=0)) == []
+
+
+class _RecordPriority(_Decode):
+    """Records the CPU priority of the thread that decodes each item."""
+
+    seen: list[int]
+
+    def __getitem__(self, i: int):  # noqa: ANN204 - as the parent
+        self.seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return super().__getitem__(i)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_decoding_threads_yield_the_cores_to_the_model(images: list[Path]) -> None:
+    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    dataset = _RecordPriority(images, 64, None, ())
+    dataset.seen = []
+    items = [it for b in decoded_batches(dataset, 2, workers=0) for it in b]
+    assert len(images) > 2 and [it.index for it in items] == list(range(len(images)))
+    assert dataset.seen == [19] * len(images)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
+
+
+def test_resume_neither_redoes_nor_duplicates(
+    predictor: Predictor, images: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "p.csv"
+    write_predictions(predictor, images[:2], out, progress=False)
+    with pytest.raises(UserError, match="--resume"):
+        write_predictions(predictor, images, out, progress=False)
+    summary = write_predictions(predictor, images, out, resume=True, progress=False)
+    assert (summary.ok, summary.skipped) == (4, 2)
+    table = pd.read_csv(out)
+    assert table["path"].tolist() == [str(p) for p in images]
+    full = tmp_path / "full.csv"
+    write_predictions(predictor, images, full, progress=False)
+    pd.testing.assert_frame_equal(table, pd.read_csv(full))
+
+
+def test_dicom_tags_only_when_asked(
+    predictor: Predictor, shared_data: Path, tmp_path: Path
+) -> None:
+    dcm = shared_data / "formats" / "dicom" / "siim_pneumothorax_sample.dcm"
+    out = tmp_path / "p.csv"
+    write_predictions(predictor, [dcm], out, progress=False)
+    assert not any("Patient" in c for c in pd.read_csv(out).columns)
+    write_predictions(
+        predictor, [dcm], out, overwrite=True, dicom_tags=("PatientID", "Modality"), progress=False
+    )
+    row = pd.read_csv(out, dtype=str).iloc[0]
+    assert row["status"] == "ok" and row["Modality"] == "CR" and isinstance(row["PatientID"], str)
+
+
+def test_bf16_and_tta_stay_close_to_fp32(trained: Path, images: list[Path]) -> None:
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    probs = {}
+    for name, kwargs in {
+        "fp32": {"precision": "fp32"},
+        "bf16": {"precision": "bf16"},
+        "tta": {"precision": "fp32", "tta": True},
+    }.items():
+        p = Predictor.from_checkpoint(ckpt, **kwargs)
+        probs[name] = np.stack([x.probs for x in predict_paths(p, images)])
+    assert np.abs(probs["bf16"] - probs["fp32"]).max() < 0.01
+    assert not np.allclose(probs["tta"], probs["fp32"])
+    assert np.abs(probs["tta"] - probs["fp32"]).max() < 0.25
