@@ -104,7 +104,13 @@ class OpenVinoBackend(ArrayBackend):
             ) from None
         self.path = Path(path)
         core = ov.Core()
-        config = {"INFERENCE_NUM_THREADS": threads or usable_cores(), "PERFORMANCE_HINT": "LATENCY"}
+        # f32: on CPUs with native bf16 (AVX512-BF16, AMX) OpenVINO would otherwise run the
+        # fp32 graph in bf16 and differ from onnxruntime by ~3e-4; the file decides precision.
+        config = {
+            "INFERENCE_NUM_THREADS": threads or usable_cores(),
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+        }
         self.request = core.compile_model(str(self.path), "CPU", config).create_infer_request()
         self.lock = threading.Lock()
 
