@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cxrkit.cli.commands import RECIPES as RECIPE_DIR
-from cxrkit.cli.commands import resolve_recipe
-from cxrkit.train.config import load_config
+from cxrkit.train.config import RECIPES as RECIPE_DIR
+from cxrkit.train.config import load_config, resolve_recipe
 from cxrkit.train.fit import fit
 
 RECIPES = [

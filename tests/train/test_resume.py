@@ -18,13 +18,12 @@ import torch
 import yaml
 from conftest import one_torch_thread
 
-from cxrkit.cli.commands import resolve_recipe
 from cxrkit.cli.parser import main
 from cxrkit.errors import UserError
 from cxrkit.files import remove_stale_temps
 from cxrkit.models.checkpoint import load_checkpoint
 from cxrkit.train.callbacks import AtomicCheckpointIO, BestCheckpoint
-from cxrkit.train.config import config_to_dict, load_config
+from cxrkit.train.config import config_to_dict, load_config, resolve_recipe
 from cxrkit.train.fit import fit, resume
 from cxrkit.train.run_folder import read_json
 

@@ -11,25 +11,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cxrkit.errors import UserError, did_you_mean
+from cxrkit.errors import UserError
 
 if TYPE_CHECKING:
     from cxrkit.deploy.predictor import Predictor
 
 EXIT_USER_ERROR, EXIT_PARTIAL = 2, 3  # 3: infer wrote every row but some images failed
-RECIPES = Path(__file__).parent.parent / "configs"
-
-
-def resolve_recipe(name: str) -> Path:
-    """A config path, or the name of a recipe shipped with cxrkit (``demo``, ...)."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    shipped = RECIPES / f"{name}.yaml"
-    if shipped.is_file():
-        return shipped
-    recipes = [p.stem for p in RECIPES.glob("*.yaml")]
-    raise did_you_mean(name, recipes, what="config file or recipe") from None
 
 
 def _comma_list(text: str | None) -> list[str]:
@@ -95,7 +82,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from cxrkit.train.config import load_config
+    from cxrkit.train.config import load_config, resolve_recipe
     from cxrkit.train.fit import fit, resume
     from cxrkit.train.module import launched_as_rank_zero
 

@@ -26,10 +26,9 @@ from cxrkit.evaluate.results import format_table
 from cxrkit.evaluate.runs import EvalOptions, evaluate_checkpoint
 from cxrkit.explain import localization as loc
 from cxrkit.explain.cam import cam_image
-from cxrkit.train.config import load_config
+from cxrkit.train.config import load_config, resolve_recipe
 from cxrkit.train.fit import fit
 
-RECIPE = Path(__file__).parent / "configs" / "demo.yaml"
 T = TypeVar("T")
 
 
@@ -59,7 +58,7 @@ def run_demo(
             raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it")
         shutil.rmtree(out)
     overrides = [] if epochs is None else [f"trainer.max_epochs={epochs}"]
-    config = load_config(RECIPE, overrides)
+    config = load_config(resolve_recipe("demo"), overrides)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     _step(

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from cxrkit.data.preprocess import Clahe, prepare_image
 from cxrkit.errors import UserError
+from cxrkit.files import write_json
 from cxrkit.io.images import read_xray
 from cxrkit.io.xray import ImageReadError
 
@@ -120,7 +121,7 @@ def build_cache(
     if not resumable:
         np.memmap(data_file, dtype=np.uint8, mode="w+", shape=(max(n, 1), size, size)).flush()
         np.memmap(state_file, dtype=np.uint8, mode="w+", shape=(max(n, 1),)).flush()
-        settings_file.write_text(json.dumps(settings))
+        write_json(settings_file, settings)
     state = np.fromfile(state_file, dtype=np.uint8)
     todo = [i for i in range(n) if state[i] != DONE]
     resumed = n - len(todo)

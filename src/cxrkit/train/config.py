@@ -33,7 +33,7 @@ class DataConfig:
     num_workers: int = 2
     findings: list[str] | None = None  # None: every manifest finding with train positives
     combine: str = "union"  # several --data: union or intersection of their findings
-    sampler: str = "random"  # random | weighted (rare findings drawn more often, see data.py)
+    sampler: str = "random"  # random | weighted (rare findings drawn more: train/loaders.py)
     pin_memory: bool | None = None  # page-locked batches; None: when CUDA is available
 
 
@@ -185,3 +185,18 @@ def _listify(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_listify(v) for v in value]
     return value
+
+
+RECIPES = Path(__file__).parent.parent / "configs"  # the recipes shipped with cxrkit
+
+
+def resolve_recipe(name: str) -> Path:
+    """A config path, or the name of a recipe shipped with cxrkit (``demo``, ...)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = RECIPES / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    recipes = [p.stem for p in RECIPES.glob("*.yaml")]
+    raise did_you_mean(name, recipes, what="config file or recipe") from None
