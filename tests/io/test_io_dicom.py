@@ -60,6 +60,7 @@ def test_real_siim_and_monochrome1_inverted():
     mono2, mono1 = read_xray(SIIM), read_xray(MONO1)
     assert mono2.pixels.shape == (1024, 1024) and mono2.pixels.dtype == np.uint8
     assert (mono2.format, mono2.bits_stored, mono2.spacing_mm) == ("DICOM", 8, (0.168, 0.168))
+    assert mono2.modality == mono1.modality == "CR"  # secondary captures of CR: read by default
     assert np.array_equal(mono1.pixels, 255 - mono2.pixels)
     corr = np.corrcoef(mono1.pixels.ravel(), mono2.pixels.ravel())[0, 1]
     assert corr < -0.99
@@ -72,6 +73,7 @@ def test_ramp_maps_monotonically_to_full_range(tmp_path):
     assert xray.pixels.shape == (64, 256) and xray.pixels.dtype == np.uint8
     assert row[0] == 0 and row[-1] == 255 and np.all(np.diff(row) >= 0)
     assert (xray.format, xray.bits_stored, xray.spacing_mm) == ("DICOM", 12, None)
+    assert xray.modality is None
 
 
 def test_monochrome1_16bit_is_reversed(tmp_path):

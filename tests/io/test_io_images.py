@@ -16,6 +16,7 @@ from PIL import Image
 
 from cxrkit.errors import UserError
 from cxrkit.io import (
+    SNIFF_BYTES,
     ImageReadError,
     letterbox,
     letterbox_geometry,
@@ -53,6 +54,7 @@ def test_all_nih_pngs_read_including_rgba():
         xray = read_xray(path)
         assert xray.pixels.shape == (1024, 1024) and xray.pixels.dtype == np.uint8
         assert (xray.format, xray.bits_stored, xray.source) == ("PNG", 8, str(path))
+        assert xray.modality is None
     for path in rgba:
         bgra = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         assert bgra.shape == (1024, 1024, 4)
@@ -78,6 +80,7 @@ def test_real_three_channel_jpeg():
     xray = read_xray(REAL_JPEG)
     assert xray.pixels.shape == (885, 1036) and xray.pixels.dtype == np.uint8
     assert (xray.format, xray.bits_stored, xray.spacing_mm) == ("JPEG", 8, None)
+    assert xray.modality is None
     bgr = cv2.imread(str(REAL_JPEG), cv2.IMREAD_COLOR)
     expected = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(int)
     assert np.abs(xray.pixels.astype(int) - expected).max() <= 2
@@ -153,7 +156,11 @@ def test_sniff_format():
     assert sniff_format(encode(gradient(), ".jpg")) == "JPEG"
     assert sniff_format(b"\0" * 128 + b"DICM" + b"\0" * 10) == "DICOM"
     assert sniff_format(b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100") == "DICOM"
+    assert sniff_format(b"\x00\x08\x00\x05CS\x00\x0aISO_IR 100") == "DICOM"  # big endian
+    assert sniff_format(b"\x00\x08\x00\x05\x00\x00\x00\x0a") is None  # ... needs its VR
     assert sniff_format(b"hello") is None
+    # Only the first SNIFF_BYTES count: what folder listing reads of a file.
+    assert SNIFF_BYTES == 132 and sniff_format((b"\0" * 128 + b"DICM")[:SNIFF_BYTES]) == "DICOM"
 
 
 # --- errors -----------------------------------------------------------------------------------

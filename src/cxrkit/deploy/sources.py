@@ -4,7 +4,15 @@ Shared by ``infer``, ``cam`` and the localisation scores, so every command that 
 lists them the same way, in the same stable order:
 
 * an image file: itself;
-* a folder: every file under it (recursive) whose suffix is one of :data:`IMAGE_SUFFIXES`;
+* a folder: every file under it (recursive) that is an image by its **content** or its name
+  (:func:`is_image_file`): a file with one of :data:`IMAGE_SUFFIXES` is taken as is; any other
+  is taken when its first :data:`~cxrkit.io.images.SNIFF_BYTES` bytes say PNG, JPEG or DICOM
+  (:func:`~cxrkit.io.images.sniff_format`), so a PACS export of DICOM files named by UID with
+  no extension (``1.2.840.113619.2.55.3.604688119.969.1268071029.320``) is found and a
+  ``README.txt`` or ``notes.csv`` beside the images is not. Hidden files and folders (names
+  starting with ``.`` below the folder, e.g. macOS ``._image.dcm``) and a ``DICOMDIR`` (the
+  media index, a DICOM without pixels) are skipped, as are files that cannot be opened and
+  have no image suffix;
 * a glob pattern (``*``, ``?``, ``[``) that is not itself a path: the files it matches;
 * a ``.txt`` file: one path per line; a ``.csv`` file: its first column named in
   :data:`PATH_COLUMNS`. Relative paths in both are relative to the list's folder.
@@ -18,9 +26,11 @@ from pathlib import Path
 import pandas as pd
 
 from cxrkit.errors import UserError
+from cxrkit.io.images import SNIFF_BYTES, sniff_format
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 PATH_COLUMNS = ("path", "Path", "image", "filename", "file", "Image Index")
+SKIPPED_NAMES = ("DICOMDIR",)  # compared upper case: the DICOM media index, never an image
 
 
 def resolve_sources(source: str | Path) -> list[Path]:
@@ -33,11 +43,13 @@ def resolve_sources(source: str | Path) -> list[Path]:
             raise UserError(f"--source pattern {text!r} matches no file")
         return files
     if path.is_dir():
-        files = sorted(
-            p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
+        files = sorted(p for p in path.rglob("*") if is_image_file(p, path))
         if not files:
-            raise UserError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {path}")
+            raise UserError(
+                f"no images under {path}: no file with an image suffix "
+                f"({', '.join(IMAGE_SUFFIXES)}) and none whose content is PNG, JPEG or DICOM "
+                f"(hidden files and {', '.join(SKIPPED_NAMES)} are skipped)"
+            )
         return files
     if not path.is_file():
         raise UserError(f"--source {path} does not exist")
@@ -51,6 +63,25 @@ def resolve_sources(source: str | Path) -> list[Path]:
             raise UserError(f"{path} has no path column; expected one of {', '.join(PATH_COLUMNS)}")
         return [_relative_to(Path(p), path.parent) for p in table[column].dropna()]
     return [path]
+
+
+def is_image_file(p: Path, root: Path | None = None) -> bool:
+    """Whether a folder listing takes ``p`` (see module doc); ``root``: the folder listed,
+    so that only names below it count as hidden. Reads at most ``SNIFF_BYTES`` bytes of ``p``,
+    and only when its suffix is not an image suffix."""
+    parts = p.relative_to(root).parts if root is not None else (p.name,)
+    if any(part.startswith(".") for part in parts) or p.name.upper() in SKIPPED_NAMES:
+        return False
+    if not p.is_file():
+        return False
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with p.open("rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError:
+        return False
+    return sniff_format(head) is not None
 
 
 def _relative_to(p: Path, base: Path) -> Path:

@@ -8,9 +8,10 @@
 (256, 256)
 
 Modules: :mod:`~cxrkit.io.xray` (the :class:`XRay` every reader returns, :class:`ImageReadError`,
-the pixel-count check), :mod:`~cxrkit.io.images` (format sniffing, PNG/JPEG),
-:mod:`~cxrkit.io.dicom` (DICOM), :mod:`~cxrkit.io.geometry` (letterboxing into a square and
-its coordinate map).
+the pixel-count check, the radiograph modalities), :mod:`~cxrkit.io.images` (format sniffing,
+PNG/JPEG), :mod:`~cxrkit.io.dicom` (DICOM), :mod:`~cxrkit.io.modality` (the modality gate: which
+DICOM objects are read), :mod:`~cxrkit.io.geometry` (letterboxing into a square and its
+coordinate map).
 Imports nothing of cxrkit but :mod:`cxrkit.errors`.
 """
 
@@ -19,8 +20,8 @@ from cxrkit.lazy import attach
 __getattr__, __dir__, __all__ = attach(
     __name__,
     {
-        "xray": ["DEFAULT_MAX_PIXELS", "ImageReadError", "XRay"],
-        "images": ["SUPPORTED", "read_xray", "read_xray_bytes", "sniff_format"],
+        "xray": ["DEFAULT_MAX_PIXELS", "RADIOGRAPH_MODALITIES", "ImageReadError", "XRay"],
+        "images": ["SNIFF_BYTES", "SUPPORTED", "read_xray", "read_xray_bytes", "sniff_format"],
         "geometry": ["LetterboxGeometry", "letterbox", "letterbox_geometry"],
     },
 )

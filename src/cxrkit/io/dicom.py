@@ -3,26 +3,41 @@
 Rules, in order:
 
 1. Parse with pydicom (``force=True``, so data sets without preamble or file meta also read).
-   No pixel data, or no Rows/Columns -> :class:`ImageReadError`.
-2. Refuse more than ``max_pixels`` (Rows x Columns) before anything is decoded.
-3. Decode only the **first frame** of multi-frame data. Compressed transfer syntaxes go through
-   pydicom's plugins: JPEG baseline/extended/lossless and JPEG-LS via pylibjpeg-libjpeg,
-   JPEG 2000 / HTJ2K via pylibjpeg-openjpeg, RLE natively. A missing plugin is reported with
-   the package to install.
-4. Colour (RGB, YBR converted to RGB by pydicom, PALETTE COLOR) -> luma gray; no LUTs.
-5. Grayscale: modality LUT (RescaleSlope/Intercept or Modality LUT Sequence), then the first
+   No pixel data -> :class:`ImageReadError` naming the object found, e.g. ``no pixel data: a
+   DICOM RT Plan object (Modality RTPLAN)`` (structured reports, RT plans and structure sets,
+   waveforms, DICOMDIRs, ...). No Rows/Columns -> :class:`ImageReadError`.
+2. The modality gate (:mod:`cxrkit.io.modality`), before anything is decoded: a Modality (or,
+   without one, an SOP Class that implies one, e.g. CT Image Storage) not in ``modalities`` is
+   refused, naming it and the ``--allow-modality`` that reads it (see
+   :data:`~cxrkit.io.xray.RADIOGRAPH_MODALITIES`).
+3. Refuse more than ``max_pixels`` (Rows x Columns) before anything is decoded.
+4. Decode only the **first frame** of multi-frame data. Little and big endian, deflated, and
+   compressed transfer syntaxes through pydicom's plugins: JPEG baseline/extended/lossless and
+   JPEG-LS via pylibjpeg-libjpeg, JPEG 2000 / HTJ2K via pylibjpeg-openjpeg, RLE natively. A
+   missing plugin is reported with the package to install.
+5. Colour (RGB, YBR converted to RGB by pydicom, PALETTE COLOR) -> luma gray; no LUTs.
+6. Grayscale: modality LUT (RescaleSlope/Intercept or Modality LUT Sequence), then the first
    VOI LUT Sequence item, else the first WindowCenter/WindowWidth (LINEAR, LINEAR_EXACT or
    SIGMOID) mapped onto 0..255; a VOI LUT's output range is that of its table. Without a usable
    VOI (absent or malformed), linear min-max of the data: nothing clipped.
-6. MONOCHROME1 is inverted, so the output always looks like MONOCHROME2 (bone bright).
+7. PixelPaddingValue (with PixelPaddingRangeLimit, a range of stored values): padding pixels
+   are left out of the min-max and come out 0 (black), whatever the window or inversion.
+8. Inverted when PhotometricInterpretation is MONOCHROME1 **or** PresentationLUTShape is
+   INVERSE, so the output always looks like MONOCHROME2 (bone bright). Once, not twice, for
+   both: the standard (General Image and DX Image modules, PS3.3 C.7.6.1, C.8.11) has INVERSE
+   used exactly with MONOCHROME1, the two say the same inversion. MONOCHROME1 with IDENTITY
+   (a contradiction) is still inverted: the photometric interpretation wins.
 
 ``spacing_mm`` comes from PixelSpacing, else ImagerPixelSpacing, as ``(row, col)`` millimetres.
+``modality`` is the Modality tag, upper case, or ``None`` without one.
 """
 
 from __future__ import annotations
 
 import io
+import re
 import struct
+from collections.abc import Collection
 
 import cv2
 import numpy as np
@@ -41,7 +56,14 @@ from pydicom.uid import (
     RLETransferSyntaxes,
 )
 
-from cxrkit.io.xray import ImageReadError, XRay, check_dimensions, minmax_to_uint8
+from cxrkit.io.modality import check_modality
+from cxrkit.io.xray import (
+    RADIOGRAPH_MODALITIES,
+    ImageReadError,
+    XRay,
+    check_dimensions,
+    minmax_to_uint8,
+)
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) Pixel Data, little endian
@@ -56,27 +78,55 @@ _BAD_ATTRIBUTE = (
     NotImplementedError,
     struct.error,
 )
+# What else pydicom raises on data sets it parsed but cannot make sense of: wrapped into an
+# ImageReadError naming the exception, so a reader never lets another exception out.
+_MALFORMED = (*_BAD_ATTRIBUTE, OverflowError, RuntimeError, ZeroDivisionError, UnicodeError)
 
 
-def read_dicom_bytes(data: bytes, *, name: str, max_pixels: int) -> XRay:
+def read_dicom_bytes(
+    data: bytes,
+    *,
+    name: str,
+    max_pixels: int,
+    modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
+) -> XRay:
     """Decode a DICOM file's bytes (see module doc) to an :class:`XRay` with (H, W) uint8 pixels.
 
+    ``modalities``: the Modality values accepted (case-insensitive), ``None`` for any.
+
     Raises:
-        ImageReadError: unparsable or truncated data, no pixel data, too many pixels, an
-            unsupported transfer syntax or missing decoder plugin, corrupt compressed data.
+        ImageReadError: unparsable or truncated data, no pixel data, a modality not in
+            ``modalities``, too many pixels, an unsupported transfer syntax or missing decoder
+            plugin, corrupt compressed data, malformed image attributes.
     """
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as exc:  # pydicom raises many exception types on malformed input
         raise ImageReadError(name, f"corrupt or truncated DICOM data ({_one_line(exc)})") from exc
+    try:
+        return _read_dataset(ds, data, name, max_pixels, modalities)
+    except _MALFORMED as exc:
+        reason = f"malformed DICOM data set ({type(exc).__name__}: {_one_line(exc)})"
+        raise ImageReadError(name, reason) from exc
+
+
+def _read_dataset(
+    ds: Dataset, data: bytes, name: str, max_pixels: int, modalities: Collection[str] | None
+) -> XRay:
+    """Rules 1-8 of the module doc on a parsed data set."""
+    modality = _modality(ds)
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         if _PIXEL_DATA_TAG in data:  # pydicom drops an element it could not read to the end
             raise ImageReadError(name, "truncated or corrupt DICOM pixel data element")
-        raise ImageReadError(name, "DICOM file has no pixel data (not an image, or truncated)")
+        raise ImageReadError(name, f"no pixel data: {_describe(ds, modality)}")
+    sop = _sop_class(ds)
+    sop_name = None if sop is None else _sop_name(sop)
+    check_modality(name, modality, sop, modalities, sop_class_name=sop_name)
     rows, columns = ds.get("Rows"), ds.get("Columns")
     if not rows or not columns:
         raise ImageReadError(name, "DICOM file has pixel data but no Rows/Columns")
     check_dimensions(name, int(rows), int(columns), max_pixels)
+    _check_integer_attributes(ds, name)
 
     arr, photometric = _decode_first_frame(ds, name)
     try:
@@ -86,22 +136,111 @@ def read_dicom_bytes(data: bytes, *, name: str, max_pixels: int) -> XRay:
             name, f"invalid DICOM LUT/rescale attributes ({_one_line(exc)})"
         ) from exc
     bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8)
-    return XRay(pixels, name, "DICOM", bits, _spacing_mm(ds))
+    return XRay(pixels, name, "DICOM", bits, _spacing_mm(ds), modality)
+
+
+def _modality(ds: Dataset) -> str | None:
+    """The Modality tag, stripped and upper case; None when absent or empty."""
+    value = ds.get("Modality")
+    if isinstance(value, MultiValue):  # VM is 1, but a malformed file may hold several
+        value = value[0] if value else None
+    text = str(value or "").strip().upper()
+    return text or None
+
+
+def _sop_class(ds: Dataset) -> UID | None:
+    """SOPClassUID, else the file meta's MediaStorageSOPClassUID; None when neither is set."""
+    for value in (ds.get("SOPClassUID"), ds.file_meta.get("MediaStorageSOPClassUID")):
+        if value and str(value).strip():
+            return UID(str(value).strip())
+    return None
+
+
+def _sop_name(sop: UID) -> str | None:
+    """``RT Plan`` for RT Plan Storage (pydicom's name less "Storage"); None if unknown."""
+    if sop.name == str(sop):
+        return None
+    return re.sub(r" Storage(?= - |$)", "", sop.name)
+
+
+def _describe(ds: Dataset, modality: str | None) -> str:
+    """What a data set is, for an error: ``a DICOM RT Plan object (Modality RTPLAN)``."""
+    sop = _sop_class(ds)
+    sop_name = None if sop is None else _sop_name(sop)
+    if sop is None:
+        kind = "a DICOM object of unknown SOP Class"
+    elif sop_name is None:
+        kind = f"a DICOM object of SOP Class {sop}"
+    else:
+        kind = f"a DICOM {sop_name} object"
+    if modality:
+        return f"{kind} (Modality {modality})"
+    return f"{kind} (not an image, or truncated)" if sop is None else kind
+
+
+def _check_integer_attributes(ds: Dataset, name: str) -> None:
+    """Refuse integer image attributes pydicom kept as text because they are not integers
+    (NumberOfFrames ``"1A"``): the decoders would fail on them with a bare ValueError."""
+    for keyword in ("NumberOfFrames", "SamplesPerPixel", "BitsAllocated", "BitsStored"):
+        value = ds.get(keyword)
+        if not isinstance(value, str):
+            continue
+        try:
+            int(value)
+        except ValueError:
+            raise ImageReadError(
+                name, f"invalid DICOM {keyword} {value!r} (not an integer)"
+            ) from None
 
 
 def _to_display(arr: np.ndarray, photometric: str, ds: Dataset) -> np.ndarray:
     """Decoded frame -> (H, W) uint8 display pixels: colour to gray, else modality LUT, VOI
-    (or min-max) and MONOCHROME1 inversion."""
+    (or min-max without the padding), inversion, padding to 0."""
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
     if arr.ndim == 3:
         return _rgb_to_gray_uint8(arr)
+    padding = _padding_mask(arr, ds)
     values = apply_modality_lut(arr, ds)
     voi = _voi_to_uint8(values, ds)
-    pixels = minmax_to_uint8(values) if voi is None else voi
-    if photometric == "MONOCHROME1":
+    pixels = minmax_to_uint8(values, padding) if voi is None else voi
+    if photometric == "MONOCHROME1" or _presentation_inverse(ds):
         np.subtract(255, pixels, out=pixels)
+    if padding is not None:
+        pixels[padding] = 0
     return pixels
+
+
+def _presentation_inverse(ds: Dataset) -> bool:
+    """Whether PresentationLUTShape is INVERSE."""
+    return str(ds.get("PresentationLUTShape") or "").strip().upper() == "INVERSE"
+
+
+def _padding_mask(arr: np.ndarray, ds: Dataset) -> np.ndarray | None:
+    """(H, W) bool: stored values equal to PixelPaddingValue, or within it and
+    PixelPaddingRangeLimit; None without padding (absent, malformed or matching nothing)."""
+    if "PixelPaddingValue" not in ds or arr.dtype.kind not in "iu":
+        return None
+    try:
+        value = _stored(int(ds.PixelPaddingValue), arr.dtype)
+        limit = ds.get("PixelPaddingRangeLimit")
+        other = value if limit is None else _stored(int(limit), arr.dtype)
+    except _BAD_ATTRIBUTE:
+        return None
+    lo, hi = min(value, other), max(value, other)
+    mask = arr == lo if lo == hi else (arr >= lo) & (arr <= hi)
+    return mask if mask.any() else None
+
+
+def _stored(value: int, dtype: np.dtype) -> int:
+    """A padding value as the decoded array holds it: written unsigned for signed data (or the
+    reverse), it is reinterpreted in the array's width (two's complement)."""
+    width = 8 * dtype.itemsize
+    if dtype.kind == "i" and value >= 1 << (width - 1):
+        return value - (1 << width)
+    if dtype.kind == "u" and value < 0:
+        return value + (1 << width)
+    return value
 
 
 def _one_line(exc: Exception) -> str:

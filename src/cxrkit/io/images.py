@@ -5,7 +5,12 @@ through :func:`read_xray` / :func:`read_xray_bytes`, so every entry point sees t
 
 * The format is detected from the **content** (magic bytes), never from the file extension:
   PNG signature, JPEG ``FF D8 FF``, DICOM ``DICM`` at offset 128, or a DICOM data set written
-  without the 128-byte preamble (first tag in group 0002 or 0008).
+  without the 128-byte preamble (first tag in group 0002 or 0008). The first
+  :data:`SNIFF_BYTES` bytes are enough (:func:`cxrkit.deploy.sources.resolve_sources` reads
+  no more of a file to decide whether it is an image).
+* DICOM objects that are not projection radiographs (CT, MR, US, ...) are refused by default,
+  before their pixels are decoded: see ``modalities`` and
+  :data:`~cxrkit.io.xray.RADIOGRAPH_MODALITIES`.
 * The image size is read from the header (PNG IHDR, JPEG SOF, DICOM Rows x Columns) and images
   with more than ``max_pixels`` pixels are refused **before** decoding (decompression bombs).
 * Output is always ``(H, W) uint8`` with air/lungs dark and bone bright. 8-bit PNG and JPEG keep
@@ -19,6 +24,7 @@ and worker processes.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import cv2
@@ -26,6 +32,7 @@ import numpy as np
 
 from cxrkit.io.xray import (
     DEFAULT_MAX_PIXELS,
+    RADIOGRAPH_MODALITIES,
     ImageReadError,
     XRay,
     check_dimensions,
@@ -33,6 +40,10 @@ from cxrkit.io.xray import (
 )
 
 SUPPORTED = ("PNG", "JPEG", "DICOM")
+SNIFF_BYTES = 132  # what sniff_format looks at: up to and including DICOM's "DICM" at 128
+
+_DICOM_NO_PREAMBLE_LE = (b"\x02\x00", b"\x08\x00")  # group 0002 / 0008, little endian
+_DICOM_NO_PREAMBLE_BE = (b"\x00\x02", b"\x00\x08")  # the same, big endian (explicit VR)
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND_CHUNK = b"IEND\xaeB`\x82"
@@ -48,25 +59,39 @@ _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
 def sniff_format(data: bytes) -> str | None:
     """Return ``"PNG"``, ``"JPEG"`` or ``"DICOM"`` from the leading bytes of ``data``, else None.
 
-    A DICOM data set without preamble is recognised by its first tag being in group 0002 (file
-    meta) or 0008 (identification), little endian; :func:`read_xray_bytes` then parses it with
-    pydicom's ``force=True``.
+    Only ``data[:SNIFF_BYTES]`` is looked at. A DICOM data set without preamble is recognised by
+    its first tag being in group 0002 (file meta) or 0008 (identification): little endian, or
+    big endian followed by an explicit VR (two capital letters); :func:`read_xray_bytes` then
+    parses it with pydicom's ``force=True``.
     """
     if data.startswith(_PNG_SIGNATURE):
         return "PNG"
     if data.startswith(_JPEG_SOI):
         return "JPEG"
-    if data[128:132] == b"DICM" or data[:2] in (b"\x02\x00", b"\x08\x00"):
+    if data[128:132] == b"DICM" or data[:2] in _DICOM_NO_PREAMBLE_LE:
+        return "DICOM"
+    vr = data[4:6]
+    if data[:2] in _DICOM_NO_PREAMBLE_BE and len(vr) == 2 and vr.isalpha() and vr.isupper():
         return "DICOM"
     return None
 
 
-def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> XRay:
+def read_xray(
+    path: str | Path,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
+) -> XRay:
     """Read the PNG, JPEG or DICOM file at ``path`` as an :class:`XRay` (``pixels``: (H, W) uint8).
+
+    ``modalities``: the DICOM Modality values accepted (case-insensitive); a DICOM of another
+    modality is refused before decoding. ``None`` accepts any. PNG and JPEG have no modality and
+    are never refused by it.
 
     Raises:
         ImageReadError: missing/unreadable/empty file, unknown content, truncated or corrupt
-            data, more than ``max_pixels`` pixels, or an unsupported DICOM.
+            data, more than ``max_pixels`` pixels, an unsupported DICOM, a DICOM without pixel
+            data or of a modality not in ``modalities``.
     """
     name = str(path)
     try:
@@ -79,11 +104,15 @@ def read_xray(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> XRay
         raise ImageReadError(name, "permission denied") from None
     except OSError as exc:
         raise ImageReadError(name, f"cannot open file ({exc.strerror or exc})") from exc
-    return read_xray_bytes(data, name=name, max_pixels=max_pixels)
+    return read_xray_bytes(data, name=name, max_pixels=max_pixels, modalities=modalities)
 
 
 def read_xray_bytes(
-    data: bytes, *, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes,
+    *,
+    name: str = "<bytes>",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
 ) -> XRay:
     """Decode an in-memory PNG, JPEG or DICOM (e.g. an upload); same rules as :func:`read_xray`.
 
@@ -100,7 +129,7 @@ def read_xray_bytes(
         # Imported here: keeps pydicom off the PNG/JPEG path.
         from cxrkit.io.dicom import read_dicom_bytes
 
-        return read_dicom_bytes(data, name=name, max_pixels=max_pixels)
+        return read_dicom_bytes(data, name=name, max_pixels=max_pixels, modalities=modalities)
     raise ImageReadError(name, f"not an image: unrecognised content {data[:16]!r}")
 
 
@@ -131,7 +160,7 @@ def _read_png(data: bytes, name: str, max_pixels: int) -> XRay:
     img = _decode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(name, "corrupt PNG data")
-    return XRay(_to_gray_uint8(img), name, "PNG", data[24], None)
+    return XRay(_to_gray_uint8(img), name, "PNG", data[24], None, None)
 
 
 def _jpeg_header(data: bytes) -> tuple[int, int, int, int] | None:
@@ -169,4 +198,4 @@ def _read_jpeg(data: bytes, name: str, max_pixels: int) -> XRay:
     img = _decode(data, cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise ImageReadError(name, "corrupt or unsupported JPEG data")
-    return XRay(_to_gray_uint8(img), name, "JPEG", precision, None)
+    return XRay(_to_gray_uint8(img), name, "JPEG", precision, None, None)

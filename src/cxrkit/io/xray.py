@@ -4,7 +4,8 @@ Shared by the PNG/JPEG reader (:mod:`cxrkit.io.images`) and the DICOM reader
 (:mod:`cxrkit.io.dicom`), with the two checks both apply: the pixel-count limit read from the
 header before decoding (:func:`check_dimensions`) and the linear rescale of samples wider than
 8 bits (:func:`minmax_to_uint8`). Both readers import this module; neither imports the other's
-internals.
+internals. :data:`RADIOGRAPH_MODALITIES` lives here, not in :mod:`cxrkit.io.dicom`, so that
+:func:`cxrkit.io.read_xray` can name it as a default without importing pydicom.
 """
 
 from __future__ import annotations
@@ -16,6 +17,28 @@ import numpy as np
 from cxrkit.errors import UserError
 
 DEFAULT_MAX_PIXELS = 100_000_000
+
+RADIOGRAPH_MODALITIES: tuple[str, ...] = ("CR", "DX", "DR", "RG")
+"""DICOM Modality values read by default: projection radiographs, the kind a chest X-ray is.
+
+From the defined terms of Modality (0008,0060), DICOM PS3.3 C.7.3.1.1.1 (CID 29):
+
+* ``CR`` Computed Radiography and ``DX`` Digital Radiography: what chest X-rays are stored
+  as (secondary captures of them, such as SIIM's, keep Modality CR or DX);
+* ``RG`` Radiographic imaging (conventional film/screen): a digitised chest film;
+* ``DR``: not a DICOM defined term, but written by some digital radiography systems; it means
+  nothing else in DICOM, so accepting it lets in nothing that should be refused.
+
+Not accepted by default: ``OT`` (Other: secondary captures of anything, screenshots of CT,
+scanned dose sheets and reports), ``MG``, ``IO``, ``PX`` (mammography, intra-oral and panoramic
+dental X-rays: projection radiographs, but not of a chest), ``XA``, ``RF`` (angiography and
+fluoroscopy), and the cross-sectional and other modalities (CT, MR, US, NM, PT, RTDOSE, SEG,
+...). A data set **without** a Modality (anonymised exports often drop it) is read, with
+:attr:`XRay.modality` ``None``, unless its SOP Class is one that names another modality (a
+CT Image Storage object is a CT with or without the tag). Callers pass the user's extra
+modalities (``--allow-modality``) as ``modalities=(*RADIOGRAPH_MODALITIES, "OT")``, or
+``modalities=None`` to read any.
+"""
 
 
 class ImageReadError(UserError):
@@ -43,6 +66,8 @@ class XRay:
             BitsStored), e.g. 8, 12 or 16.
         spacing_mm: ``(row, col)`` pixel spacing in millimetres when the file states it (DICOM
             PixelSpacing, else ImagerPixelSpacing); ``None`` otherwise, and always for PNG/JPEG.
+        modality: the DICOM Modality (0008,0060), upper case (``"CR"``, ``"DX"``, ...);
+            ``None`` for PNG/JPEG and for a DICOM without the tag.
     """
 
     pixels: np.ndarray
@@ -50,6 +75,7 @@ class XRay:
     format: str
     bits_stored: int
     spacing_mm: tuple[float, float] | None
+    modality: str | None
 
 
 def check_dimensions(name: str, height: int, width: int, max_pixels: int) -> None:
@@ -64,17 +90,24 @@ def check_dimensions(name: str, height: int, width: int, max_pixels: int) -> Non
         )
 
 
-def minmax_to_uint8(values: np.ndarray) -> np.ndarray:
+def minmax_to_uint8(values: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
     """Scale ``values`` (any shape, any real dtype) linearly so min -> 0 and max -> 255, as uint8.
 
     Nothing is clipped: the full signal range maps onto 0..255 (rounded). A constant image maps
-    to zeros.
+    to zeros. ``exclude`` (bool, the shape of ``values``) marks samples left out of the min and
+    max (DICOM padding); they come out 0. All excluded gives zeros.
     """
-    lo, hi = float(values.min()), float(values.max())
+    kept = values if exclude is None else values[~exclude]
+    if kept.size == 0:
+        return np.zeros(values.shape, dtype=np.uint8)
+    lo, hi = float(kept.min()), float(kept.max())
     if hi <= lo:
         return np.zeros(values.shape, dtype=np.uint8)
     work = values.astype(np.float32)
     work -= lo
     work *= 255.0 / (hi - lo)
     work += 0.5
+    if exclude is not None:
+        np.clip(work, 0.0, 255.0, out=work)
+        work[exclude] = 0.0
     return work.astype(np.uint8)
