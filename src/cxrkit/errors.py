@@ -23,6 +23,6 @@ def did_you_mean(name: str, choices: Iterable[str], *, what: str = "name") -> Us
     """
     choices = sorted(set(choices))
     close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
     listing = ", ".join(choices) if len(choices) <= 40 else ", ".join(choices[:40]) + ", ..."
     return UserError(f"unknown {what} {name!r}{hint} Valid: {listing}")

@@ -59,8 +59,7 @@ def create_model(
     Raises a UserError listing the closest names for an unknown backbone, and one explaining
     what to do when pretrained weights cannot be fetched (no network, nothing cached).
     """
-    if backbone not in timm.list_models(pretrained=False):
-        raise did_you_mean(backbone, timm.list_models(), what="backbone")
+    check_backbone(backbone)
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": 1, "drop_rate": drop_rate}
     if output_stride != 32:
         if output_stride not in (8, 16):
@@ -75,6 +74,12 @@ def create_model(
             f"backbone {backbone!r} does not support model.output_stride={output_stride}; "
             "leave it at 32 or pick a ResNet/ConvNeXt/EfficientNet-style timm model"
         ) from None
+
+
+def check_backbone(backbone: str) -> None:
+    """A UserError listing the closest timm names when ``backbone`` is not a timm model."""
+    if backbone not in timm.list_models(pretrained=False):
+        raise did_you_mean(backbone, timm.list_models(), what="backbone")
 
 
 def _create(backbone: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:

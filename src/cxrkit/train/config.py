@@ -1,12 +1,24 @@
 """Typed training configuration, read from YAML, with ``--set a.b=value`` overrides.
 
-Unknown keys are rejected with the closest valid names; the resolved config is saved beside
-the run so a result can always be traced to the exact settings that produced it.
+Every value is checked when the config is loaded, before a run starts: unknown keys are
+rejected with the closest valid names, values of the wrong type with the type expected, and
+values outside what the code handles (an unknown choice, an impossible number) by
+:data:`~cxrkit.train.rules.RULES`, with the key, the value found and what is expected. The
+resolved config is saved beside the run so a result can always be traced to the exact settings
+that produced it.
+
+The choices and ranges of every key are defined once, in :mod:`cxrkit.train.rules`; the
+modules that act on them import those constants.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+import types
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +26,7 @@ from typing import Any
 import yaml
 
 from cxrkit.errors import UserError, did_you_mean
+from cxrkit.train.rules import RULES, show
 
 
 @dataclass
@@ -95,48 +108,131 @@ class TrainConfig:
     logger: str = "tensorboard"  # tensorboard | mlflow | none (RUN/epochs.csv is always written)
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Instantiate dataclass ``cls`` from a dict, recursing, rejecting unknown keys."""
+def _build(cls: type, values: Any, where: str) -> Any:
+    """Instantiate dataclass ``cls`` from a dict, recursing, rejecting unknown keys and values
+    of the wrong type (ints become floats, lists tuples, where the field says so)."""
     if not isinstance(values, dict):
-        raise UserError(f"config section {where or 'top level'} must be a mapping, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+        section = where.rstrip(".") or "top level"
+        raise UserError(f"config section {section} must be a mapping, got {show(values)}")
+    hints = typing.get_type_hints(cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
-        if key not in fields:
-            raise did_you_mean(f"{where}{key}", [f"{where}{k}" for k in fields], what="config key")
-        spec = fields[key]
-        if spec.default_factory is not dataclasses.MISSING:
-            nested = spec.default_factory()
-            if dataclasses.is_dataclass(nested):
-                kwargs[key] = _build(type(nested), value, f"{where}{key}.")
-                continue
-        if spec.type in ("Any", Any):  # e.g. trainer.devices: "auto", 2 or [0, 1]
-            kwargs[key] = value
-            continue
-        kwargs[key] = _check_type(value, spec.default, f"{where}{key}")
+        if key not in defaults:
+            raise did_you_mean(f"{where}{key}", [f"{where}{k}" for k in hints], what="config key")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{where}{key}.")
+        else:
+            kwargs[key] = _check_type(value, hint, defaults[key], f"{where}{key}")
     return cls(**kwargs)
 
 
-def _check_type(value: Any, default: Any, key: str) -> Any:
-    """Coerce/validate ``value`` against the type of the field's default (None: anything)."""
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, str),
-        tuple: lambda v: isinstance(v, (list, tuple)) and len(v) == len(default),
-    }.get(type(default))
-    if ok is not None and value is not None and not ok(value):
-        raise UserError(
-            f"config key {key} expects {type(default).__name__} like {default!r}, got {value!r}"
-        )
-    if isinstance(default, tuple):
-        return tuple(value)
-    return float(value) if isinstance(default, float) else value
+def _check_type(value: Any, hint: Any, default: Any, key: str) -> Any:
+    """``value`` converted to the field's annotation ``hint``, or a UserError saying what
+    type is expected (``default`` is the example shown)."""
+    ok, converted = _convert(value, hint)
+    if not ok:
+        like = "" if default is None else f" like {default!r}"
+        if isinstance(default, tuple):
+            like = f" like {show(default)}"
+        raise UserError(f"config key {key} expects {_type_name(hint)}{like}, got {value!r}")
+    return converted
+
+
+def _convert(value: Any, hint: Any) -> tuple[bool, Any]:
+    """``(matches, converted)`` for ``value`` against a field annotation."""
+    if hint is Any:  # e.g. trainer.devices: "auto", 2 or [0, 1]
+        return True, value
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        for arg in args:
+            ok, converted = _convert(value, arg)
+            if ok:
+                return True, converted
+        return False, None
+    if hint is type(None):
+        return value is None, None
+    if hint is bool or hint is str:
+        return isinstance(value, hint), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:  # an int is a float; NaN and infinities are no setting
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return False, None
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float
+            return False, None
+        return (True, number) if math.isfinite(number) else (False, None)
+    if origin in (tuple, list) and isinstance(value, list | tuple):
+        items = args if origin is tuple else (args[0],) * len(value)
+        if len(items) != len(value):
+            return False, None
+        pairs = [_convert(v, a) for v, a in zip(value, items, strict=True)]
+        if not all(ok for ok, _ in pairs):
+            return False, None
+        return True, origin(converted for _, converted in pairs)
+    if origin in (tuple, list):
+        return False, None
+    raise TypeError(f"config annotation {hint!r} is not handled by _convert")  # a bug
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_type_name(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if origin is tuple:
+        return "[" + ", ".join(_type_name(a) for a in args) + "]"
+    if origin is list:
+        return f"[{_type_name(args[0])}, ...]"
+    return getattr(hint, "__name__", str(hint))
+
+
+def _leaves(obj: Any, where: str = "") -> Iterator[tuple[str, Any, Any]]:
+    """``(dotted key, annotation, value)`` of every non-section field of a config."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _leaves(value, f"{where}{f.name}.")
+        else:
+            yield f"{where}{f.name}", hints[f.name], value
+
+
+def validate_config(config: TrainConfig) -> TrainConfig:
+    """Check every value of ``config`` (its type, then :data:`RULES`); return it unchanged.
+
+    :func:`load_config` calls it; call it on a config built or changed in Python."""
+    for key, hint, value in _leaves(config):
+        _check_type(value, hint, None, key)
+        rule = RULES.get(key)
+        if rule is not None and not rule.ok(value):
+            raise rule.error(key, value)
+    return config
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as PyYAML reads it, except that ``1e-4`` is a number (YAML 1.2), not a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: plain data only
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["a.b=1", "c=[x, y]"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    """``["a.b=1", "c=[x, y]"]`` -> nested dict; values are parsed as YAML scalars/lists.
+
+    Every pair is kept (a key given twice takes its last value)."""
     tree: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -144,9 +240,14 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise UserError(f"--set expects key.sub=value, got {pair!r}")
         node = tree
         *parents, leaf = key.strip().split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(raw)
+            if not isinstance(node, dict):
+                section = ".".join(parents[: depth + 1])
+                raise UserError(f"--set {pair} conflicts with --set {section}={show(node)}")
+        if isinstance(node.get(leaf), dict):
+            raise UserError(f"--set {pair} would replace the keys --set gave under {key}")
+        node[leaf] = _yaml(raw)
     return tree
 
 
@@ -161,17 +262,18 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML recipe (or the defaults when ``path`` is None) and apply ``overrides``."""
+    """Read a YAML recipe (or the defaults when ``path`` is None), apply ``overrides`` (every
+    ``--set`` pair, in order) and validate the result (:func:`validate_config`)."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise UserError(f"config file {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = _yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise UserError(f"{path} is not valid YAML: {err}") from None
-    return _build(TrainConfig, _merge(raw, parse_overrides(overrides or [])), "")
+    return validate_config(_build(TrainConfig, _merge(raw, parse_overrides(overrides or [])), ""))
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

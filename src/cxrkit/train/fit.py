@@ -26,7 +26,7 @@ from cxrkit.data.batches import CacheSpec
 from cxrkit.data.manifest import Manifest, load_manifest
 from cxrkit.errors import UserError
 from cxrkit.files import remove_stale_temps, write_json
-from cxrkit.models.backbones import cpu_has_native_bf16
+from cxrkit.models.backbones import check_backbone, cpu_has_native_bf16
 from cxrkit.train.callbacks import (
     AtomicCheckpointIO,
     BestCheckpoint,
@@ -34,7 +34,7 @@ from cxrkit.train.callbacks import (
     LastCheckpoint,
     TrainingState,
 )
-from cxrkit.train.config import TrainConfig, config_to_dict, load_config
+from cxrkit.train.config import TrainConfig, config_to_dict, load_config, validate_config
 from cxrkit.train.loaders import SplitData, combine, make_loader
 from cxrkit.train.module import (
     MONITOR,
@@ -123,6 +123,8 @@ def fit(
     does not label is NaN there and masked in the loss and in validation AUROC.
     """
     out = Path(out)
+    validate_config(config)  # a config built or changed in Python skipped load_config's checks
+    check_backbone(config.model.backbone)  # before anything is written
     check_logger(config.logger)
     prepared = _load_data(config, [Path(d) for d in (data if isinstance(data, list) else [data])])
     rank_zero = launched_as_rank_zero()  # under DDP every rank runs fit(): one writes the folder

@@ -16,6 +16,7 @@ from torch import nn
 
 from cxrkit.errors import UserError, did_you_mean
 from cxrkit.train.config import LossConfig
+from cxrkit.train.rules import LOSS_NAMES
 
 
 def _masked_mean(elementwise: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -154,6 +155,7 @@ LOSSES: dict[str, LossFactory] = {
         cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip
     ),
 }
+assert tuple(LOSSES) == LOSS_NAMES, "train/rules.py LOSS_NAMES must name the LOSSES registry"
 
 
 def create_loss(cfg: LossConfig, pos_counts: np.ndarray, neg_counts: np.ndarray) -> nn.Module:

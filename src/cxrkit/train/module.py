@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from cxrkit import __version__
-from cxrkit.errors import UserError
+from cxrkit.errors import UserError, did_you_mean
 from cxrkit.evaluate.metrics import roc_auc
 from cxrkit.models.backbones import create_model
 from cxrkit.models.checkpoint import CARD_FORMAT
@@ -29,6 +29,7 @@ from cxrkit.models.inputs import eval_transform, input_normalization
 from cxrkit.train.augment import train_transform
 from cxrkit.train.config import AugmentConfig, TrainConfig, config_to_dict
 from cxrkit.train.losses import create_loss
+from cxrkit.train.rules import AUGMENT_ON, SCHEDULERS
 
 MONITOR = "val_macro_auroc"
 
@@ -163,6 +164,8 @@ class CXRModule(L.LightningModule):
             }
         if opt_cfg.scheduler == "none":
             return optimizer
+        if opt_cfg.scheduler != "cosine":  # never a silent fallback to cosine
+            raise did_you_mean(opt_cfg.scheduler, SCHEDULERS, what="optim.scheduler")
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(opt_cfg.warmup_epochs * total / max(1, self.trainer.max_epochs))
 
@@ -182,7 +185,7 @@ class CXRModule(L.LightningModule):
 def augment_on_device(cfg: AugmentConfig, device: torch.device | str) -> bool:
     """Where training augmentation runs: ``device`` (torch, whole batch) or ``loader``
     (OpenCV in the loader workers). ``auto``: on the device for CUDA, in the loader on CPU."""
-    if cfg.on not in ("auto", "loader", "device"):
+    if cfg.on not in AUGMENT_ON:
         raise UserError(f"augment.on must be auto, loader or device, got {cfg.on!r}")
     if cfg.on == "auto":
         return torch.device(device).type == "cuda"
