@@ -12,9 +12,10 @@ from sklearn.metrics import roc_auc_score
 
 from cxrkit.data.manifest import load_manifest
 from cxrkit.errors import UserError
+from cxrkit.evaluate.compare import compare
 from cxrkit.evaluate.predictions import match_columns
 from cxrkit.evaluate.results import subgroups
-from cxrkit.evaluate.runs import EvalOptions, compare, evaluate_predictions
+from cxrkit.evaluate.runs import EvalOptions, evaluate_predictions
 
 
 def _peer_predictions(

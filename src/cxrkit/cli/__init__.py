@@ -1,6 +1,7 @@
 """The ``cxrkit`` command line: :mod:`~cxrkit.cli.parser` (arguments, ``main``),
 :mod:`~cxrkit.cli.commands` (one function per sub-command, calling library functions),
-:mod:`~cxrkit.cli.bench_parsers` (``cxrkit bench``) and :mod:`~cxrkit.cli.demo` (``cxrkit demo``).
+:mod:`~cxrkit.cli.evaluate` (``eval`` and ``compare``: arguments and runs),
+:mod:`~cxrkit.cli.bench` (``cxrkit bench``) and :mod:`~cxrkit.cli.demo` (``cxrkit demo``).
 
 The top of the import graph: it may import every package, and no package imports it.
 """

@@ -1,10 +1,10 @@
-"""The ``cxrkit bench`` sub-commands' arguments: loader, infer and train throughput."""
+"""The ``cxrkit bench`` sub-commands: loader, infer and train throughput (arguments and runs)."""
 
 from __future__ import annotations
 
 import argparse
 
-from cxrkit.cli.commands import cmd_bench_infer, cmd_bench_loader, cmd_bench_train
+from cxrkit.cli.commands import comma_list
 
 
 def add_bench_parsers(bench: argparse._SubParsersAction, decode_workers: int) -> None:
@@ -69,3 +69,48 @@ def add_bench_parsers(bench: argparse._SubParsersAction, decode_workers: int) ->
     b.add_argument("--compile", action="store_true", help="torch.compile the network first")
     b.add_argument("--workers", type=int, default=2, help="training-loader processes")
     b.add_argument("--seconds", type=float, default=5.0, help="time per figure (default 5)")
+
+
+def cmd_bench_loader(a: argparse.Namespace) -> int:
+    from cxrkit.bench.training import bench_loader
+
+    result = bench_loader(a.data, image_size=a.image_size, batch_size=a.batch_size, model=a.model)
+    print("\n".join(result.lines()))
+    return 0
+
+
+def cmd_bench_train(a: argparse.Namespace) -> int:
+    from cxrkit.bench.training import bench_train
+
+    result = bench_train(
+        a.data,
+        backbone=a.backbone,
+        image_size=a.image_size,
+        batch_size=a.batch_size,
+        precision=a.precision,
+        channels_last=a.channels_last,
+        compile_model=a.compile,
+        workers=a.workers,
+        seconds=a.seconds,
+    )
+    print("\n".join(result.lines()))
+    return 0
+
+
+def cmd_bench_infer(a: argparse.Namespace) -> int:
+    from cxrkit.bench.inference import bench_infer
+
+    result = bench_infer(
+        a.images,
+        checkpoint=a.checkpoint,
+        backbone=a.backbone,
+        input_size=a.input_size,
+        batch_size=a.batch_size,
+        workers=a.workers,
+        precision=a.precision,
+        onnx=a.onnx,
+        backends=comma_list(a.backend),
+        repeat=a.rounds,
+    )
+    print("\n".join(result.lines()))
+    return 0

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 EXIT_USER_ERROR, EXIT_PARTIAL = 2, 3  # 3: infer wrote every row but some images failed
 
 
-def _comma_list(text: str | None) -> list[str]:
+def comma_list(text: str | None) -> list[str]:
     """``"a, b,,c"`` -> ``["a", "b", "c"]``; None or empty -> ``[]``."""
     return [part.strip() for part in (text or "").split(",") if part.strip()]
 
@@ -120,69 +120,6 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(a: argparse.Namespace) -> int:
-    from cxrkit.evaluate.results import format_table
-    from cxrkit.evaluate.runs import EvalOptions, evaluate_checkpoint, evaluate_predictions
-
-    options = EvalOptions(
-        split=a.split,
-        threshold_method=a.threshold_method,
-        calibration=a.calibration,
-        specificities=a.specificities,
-        sensitivities=a.sensitivities,
-        n_boot=a.bootstrap,
-        seed=a.seed,
-        by=tuple(c for c in a.by.split(",") if c) if a.by else (),
-        report=not a.no_report,
-    )
-    if (a.checkpoint is None) == (a.predictions is None):
-        raise UserError("give either --checkpoint (with --data) or --predictions (with --labels)")
-    if a.checkpoint is not None:
-        if a.data is None:
-            raise UserError("--checkpoint needs --data PREP (a prepared folder)")
-        r = evaluate_checkpoint(
-            a.checkpoint, a.data, a.out, options=options, write_card=not a.no_write_card
-        )
-    else:
-        if a.labels is None:
-            raise UserError(
-                "--predictions needs --labels (a prepared folder, or a dataset's "
-                "label file with --dataset)"
-            )
-        r = evaluate_predictions(a.predictions, a.labels, a.out, dataset=a.dataset, options=options)
-    m = r.metrics
-    print(format_table(m))
-    missing = m.get("missing") or {}
-    if missing.get("in_predictions_only") or missing.get("in_labels_only"):
-        print(
-            f"not evaluated: {missing['in_predictions_only']} predicted image(s) without "
-            f"labels, {missing['in_labels_only']} labelled image(s) without predictions"
-        )
-    print(
-        f"{m['n_images']} images; {r.out / 'metrics.json'}, {r.out / 'per_class.csv'}"
-        + (f", {r.out / 'report.html'}" if options.report else "")
-    )
-    return 0
-
-
-def cmd_compare(a: argparse.Namespace) -> int:
-    from cxrkit.evaluate.runs import compare
-
-    result = compare(a.a, a.b, a.labels, a.out, dataset=a.dataset, split=a.split or None)
-    print(f"{'Class':<20} {'AUROC A':>8} {'AUROC B':>8} {'diff':>7} {'p (DeLong)':>11}")
-
-    def num(v: float | None, spec: str) -> str:
-        return format(v, spec) if v is not None else "n/a"
-
-    for name, row in result["per_class"].items():
-        print(
-            f"{name:<20} {num(row['auc_a'], '8.4f'):>8} {num(row['auc_b'], '8.4f'):>8} "
-            f"{num(row['diff'], '7.4f'):>7} {num(row['p_value'], '11.4g'):>11}"
-        )
-    print(f"{result['n_images']} images in both files; {Path(a.out) / 'compare.json'}")
-    return 0
-
-
 def cmd_infer(a: argparse.Namespace) -> int:
     from cxrkit.deploy.batch import write_predictions
     from cxrkit.deploy.predictor import Predictor
@@ -191,6 +128,8 @@ def cmd_infer(a: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(
         a.checkpoint, batch_size=a.batch_size, precision=a.precision, tta=a.tta, backend=a.backend
     )
+    if Path(a.out).resolve() == Path(a.source).resolve():
+        raise UserError(f"--out {a.out} is the --source list itself; write the CSV elsewhere")
     paths = resolve_sources(a.source)
     print(f"{len(paths)} file(s); backend {predictor.backend_name}" + _faster_hint(predictor))
     tags = tuple(t for t in a.dicom_tags.split(",") if t) if a.dicom_tags else ()
@@ -202,6 +141,9 @@ def cmd_infer(a: argparse.Namespace) -> int:
         resume=a.resume,
         overwrite=a.overwrite,
         dicom_tags=tags,
+        root=Path(a.source) if Path(a.source).is_dir() else None,
+        retry_errors=a.retry_errors,
+        modalities=allowed_modalities(a.allow_modality),
     )
     print(
         f"{s.ok} image(s) predicted, {s.failed} failed"
@@ -209,6 +151,16 @@ def cmd_infer(a: argparse.Namespace) -> int:
         + f"; wrote {a.out}"
     )
     return EXIT_PARTIAL if s.failed else 0
+
+
+def allowed_modalities(text: str) -> tuple[str, ...] | None:
+    """``--allow-modality``: the radiograph modalities plus those listed; ``any``: None."""
+    from cxrkit.io.xray import RADIOGRAPH_MODALITIES
+
+    extra = [m.upper() for m in comma_list(text)]
+    if "ANY" in extra:
+        return None
+    return (*RADIOGRAPH_MODALITIES, *extra)
 
 
 def _faster_hint(predictor: Predictor) -> str:
@@ -221,8 +173,8 @@ def _faster_hint(predictor: Predictor) -> str:
 def cmd_cam(a: argparse.Namespace) -> int:
     from cxrkit.deploy.predictor import Predictor
 
-    methods = _comma_list(a.method)
-    layers = _comma_list(a.layer) or None
+    methods = comma_list(a.method)
+    layers = comma_list(a.layer) or None
     if a.evaluate:
         from cxrkit.explain import localization as loc
 
@@ -300,51 +252,6 @@ def cmd_export(a: argparse.Namespace) -> int:
             f"{val['macro_auroc_fp32']:.4f} (change {val['macro_auroc_change']:+.4f}, "
             f"{val['n_images']} images)"
         )
-    return 0
-
-
-def cmd_bench_loader(a: argparse.Namespace) -> int:
-    from cxrkit.bench.training import bench_loader
-
-    result = bench_loader(a.data, image_size=a.image_size, batch_size=a.batch_size, model=a.model)
-    print("\n".join(result.lines()))
-    return 0
-
-
-def cmd_bench_train(a: argparse.Namespace) -> int:
-    from cxrkit.bench.training import bench_train
-
-    result = bench_train(
-        a.data,
-        backbone=a.backbone,
-        image_size=a.image_size,
-        batch_size=a.batch_size,
-        precision=a.precision,
-        channels_last=a.channels_last,
-        compile_model=a.compile,
-        workers=a.workers,
-        seconds=a.seconds,
-    )
-    print("\n".join(result.lines()))
-    return 0
-
-
-def cmd_bench_infer(a: argparse.Namespace) -> int:
-    from cxrkit.bench.inference import bench_infer
-
-    result = bench_infer(
-        a.images,
-        checkpoint=a.checkpoint,
-        backbone=a.backbone,
-        input_size=a.input_size,
-        batch_size=a.batch_size,
-        workers=a.workers,
-        precision=a.precision,
-        onnx=a.onnx,
-        backends=_comma_list(a.backend),
-        repeat=a.rounds,
-    )
-    print("\n".join(result.lines()))
     return 0
 
 

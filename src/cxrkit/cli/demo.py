@@ -11,7 +11,6 @@ the corresponding subcommand makes, writing into one folder::
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,11 +20,11 @@ from cxrkit.data.prepare import prepare
 from cxrkit.data.synth.dataset import generate_dataset
 from cxrkit.deploy.batch import write_predictions
 from cxrkit.deploy.predictor import Predictor
-from cxrkit.errors import UserError
 from cxrkit.evaluate.results import format_table
 from cxrkit.evaluate.runs import EvalOptions, evaluate_checkpoint
 from cxrkit.explain import localization as loc
 from cxrkit.explain.cam import cam_image
+from cxrkit.files import claim_folder
 from cxrkit.train.config import load_config, resolve_recipe
 from cxrkit.train.fit import fit
 
@@ -53,10 +52,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns the test metrics dict and prints the results table."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"{out} exists and is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
+    claim_folder(out, "demo folder", overwrite=overwrite)
     overrides = [] if epochs is None else [f"trainer.max_epochs={epochs}"]
     config = load_config(resolve_recipe("demo"), overrides)
     timings: dict[str, float] = {}

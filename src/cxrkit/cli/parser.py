@@ -16,14 +16,12 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from cxrkit import __version__
-from cxrkit.cli.bench_parsers import add_bench_parsers
+from cxrkit.cli.bench import add_bench_parsers
 from cxrkit.cli.commands import (
     EXIT_USER_ERROR,
     cmd_cam,
-    cmd_compare,
     cmd_datasets,
     cmd_demo,
-    cmd_eval,
     cmd_export,
     cmd_infer,
     cmd_prepare,
@@ -31,14 +29,8 @@ from cxrkit.cli.commands import (
     cmd_synth,
     cmd_train,
 )
+from cxrkit.cli.evaluate import add_evaluate_parsers
 from cxrkit.errors import UserError
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 0.8,0.9; got {text!r}") from None
 
 
 def add_dataset_parsers(prepare: argparse.ArgumentParser, cpus: int) -> None:
@@ -131,84 +123,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--set",
-        nargs="*",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="override config keys, e.g. --set trainer.max_epochs=3 model.pretrained=false",
+        help="override config keys, e.g. --set trainer.max_epochs=3 model.pretrained=false; "
+        "repeat --set to add more (they accumulate; a key given twice takes its last value)",
     )
     s.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
 
-    s = add(
-        "eval",
-        cmd_eval,
-        "evaluate a checkpoint or any tool's predictions: metrics with "
-        "confidence intervals, operating points, calibration, subgroups, an HTML report",
-    )
-    s.add_argument("--checkpoint", help="a cxrkit checkpoint (predicts --data)")
-    s.add_argument("--data", help="prepared folder, with --checkpoint")
-    s.add_argument(
-        "--predictions",
-        help="a predictions CSV from any tool: an image column and "
-        "one probability column per finding",
-    )
-    s.add_argument(
-        "--labels",
-        help="with --predictions: a prepared folder, or a dataset's own "
-        "label file with --dataset (e.g. --dataset nih --labels Data_Entry_2017.csv)",
-    )
-    s.add_argument("--dataset", help="the dataset whose label file --labels is")
-    s.add_argument("--split", default="test", help="split to evaluate (default test)")
-    s.add_argument(
-        "--out", required=True, help="folder for metrics.json, per_class.csv, report.html"
-    )
-    s.add_argument(
-        "--threshold-method",
-        default="f1",
-        help="f1, youden, sensitivity:0.9 or specificity:0.9 (tuned on val only)",
-    )
-    s.add_argument(
-        "--calibration",
-        default="temperature",
-        help="none, temperature, platt, isotonic, or auto (best on val); fitted on val",
-    )
-    s.add_argument(
-        "--specificities",
-        type=_floats,
-        default=(0.8, 0.9, 0.95),
-        help="report sensitivity at these specificities (default 0.8,0.9,0.95)",
-    )
-    s.add_argument(
-        "--sensitivities",
-        type=_floats,
-        default=(0.8, 0.9),
-        help="report specificity at these sensitivities (default 0.8,0.9)",
-    )
-    s.add_argument(
-        "--bootstrap",
-        type=int,
-        default=1000,
-        help="bootstrap resamples for 95%% intervals, by patient (0 = none)",
-    )
-    s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    s.add_argument("--by", default="", help="subgroup columns, e.g. sex,age_band,view")
-    s.add_argument("--no-report", action="store_true", help="skip report.html")
-    s.add_argument(
-        "--no-write-card",
-        action="store_true",
-        help="do not store thresholds/calibration in the checkpoint's model card",
-    )
-
-    s = add(
-        "compare",
-        cmd_compare,
-        "two models' predictions on the same images: AUROC of each and the paired DeLong test",
-    )
-    s.add_argument("a", help="predictions CSV of model A")
-    s.add_argument("b", help="predictions CSV of model B")
-    s.add_argument("--labels", required=True, help="prepared folder or dataset label file")
-    s.add_argument("--dataset", help="the dataset whose label file --labels is")
-    s.add_argument("--split", default="test", help="split of a prepared folder ('' = all)")
-    s.add_argument("--out", required=True, help="folder for compare.json")
+    add_evaluate_parsers(add)
 
     s = add(
         "infer",
@@ -262,9 +186,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted run: skip images already in --out",
+        help="continue an interrupted run: skip images already in --out (a row cut short "
+        "by a kill is redone)",
     )
-    s.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    s.add_argument(
+        "--retry-errors", action="store_true", help="with --resume: redo the rows that failed"
+    )
+    s.add_argument(
+        "--allow-modality",
+        default="",
+        metavar="CODES",
+        help="also read DICOMs of these modalities, e.g. OT,MG, or 'any' (default: only "
+        "radiographs, CR/DX/DR/RG; a CT, MR, US, ... file gets an error row saying so)",
+    )
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (only a CSV cxrkit infer wrote, never an input)",
+    )
 
     s = add(
         "cam",

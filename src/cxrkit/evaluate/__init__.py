@@ -23,7 +23,7 @@ __getattr__, __dir__, __all__ = attach(
         "delong": ["delong_ci", "delong_test"],
         "metrics": ["average_precision", "roc_auc", "summarize"],
         "results": ["evaluate", "subgroups"],
-        "runs": ["EvalOptions", "compare", "evaluate_checkpoint", "evaluate_predictions"],
+        "runs": ["EvalOptions", "evaluate_checkpoint", "evaluate_predictions"],
         "thresholds": ["tune_thresholds"],
     },
 )

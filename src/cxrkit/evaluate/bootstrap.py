@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import ArrayLike
 
-from cxrkit.evaluate.metrics import RATE_TOLERANCE, Floats, Ints, validate_inputs
+from cxrkit.evaluate.metrics import RATE_TOLERANCE, Floats, Ints, roc_auc, validate_inputs
 
 #: Elements (rows x resamples) of the largest float64 array of one batch: about 32 MB.
 BATCH_ELEMENTS = 1 << 22
@@ -161,6 +161,43 @@ def bootstrap_ci(
         )
         warnings.warn(message, UserWarning, stacklevel=2)
     return intervals
+
+
+def paired_auroc_difference(
+    y_true: ArrayLike,
+    score_a: ArrayLike,
+    score_b: ArrayLike,
+    *,
+    groups: ArrayLike | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, Floats]:
+    """Paired bootstrap of AUROC(a) - AUROC(b) on the same images, ``(n_samples, n_classes)``
+    inputs: each resample draws the same patients (``groups``) for both models.
+
+    Returns ``(n_classes,)`` arrays: ``"diff"`` (on all the data), ``"ci_low"``/``"ci_high"``
+    (percentile interval of the resampled differences) and ``"p_value"`` (two-sided: twice
+    the smaller share of resampled differences on either side of 0, at most 1); NaN where a
+    class lacks positives or negatives on too many resamples."""
+    kwargs = {"thresholds": 0.5, "groups": groups, "n_boot": n_boot, "seed": seed}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one-class columns/resamples are NaN, handled below
+        a = bootstrap_distribution(y_true, score_a, **kwargs)["auroc"]
+        b = bootstrap_distribution(y_true, score_b, **kwargs)["auroc"]
+        observed = roc_auc(y_true, score_a) - roc_auc(y_true, score_b)
+    diffs = a - b  # (n_boot, C), the same resamples for both (same seed, labels and groups)
+    n_classes = diffs.shape[1]
+    out = {key: np.full(n_classes, np.nan) for key in ("ci_low", "ci_high", "p_value")}
+    out["diff"] = observed
+    for j in range(n_classes):
+        defined = diffs[~np.isnan(diffs[:, j]), j]
+        if defined.size < MIN_VALID_FRACTION * n_boot or np.isnan(observed[j]):
+            continue
+        out["ci_low"][j], out["ci_high"][j] = np.quantile(defined, [alpha / 2, 1 - alpha / 2])
+        side = min((defined <= 0).mean(), (defined >= 0).mean())
+        out["p_value"][j] = min(1.0, 2.0 * side)
+    return out
 
 
 class _Curves:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import expit
@@ -220,14 +221,21 @@ def reliability_curve(
 
 
 def compare_methods(
-    y_val: ArrayLike, p_val: ArrayLike, *, classes: Sequence[str], n_folds: int = 5
+    y_val: ArrayLike,
+    p_val: ArrayLike,
+    *,
+    classes: Sequence[str],
+    n_folds: int = 5,
+    groups: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """Validation Brier, ECE and NLL of the uncalibrated probabilities and of each method.
 
     Each method is scored on out-of-fold predictions: samples are dealt into ``n_folds``
-    interleaved folds (sample i in fold i % n_folds) and each fold is calibrated by a map fitted
-    on the others, so flexible maps (isotonic) are not rewarded for fitting the labels they are
-    scored on. ``n_folds=1`` fits and scores on the whole split (in-sample, optimistic).
+    interleaved folds (sample i in fold i % n_folds; with ``groups`` ``(n_samples,)``, patient
+    ids, the k-th patient to appear and all its images in fold k % n_folds, so no patient is
+    on both sides of a fold) and each fold is calibrated by a map fitted on the others, so
+    flexible maps (isotonic) are not rewarded for fitting the labels they are scored on.
+    ``n_folds=1`` fits and scores on the whole split (in-sample, optimistic).
     Choose the method here, on validation; then fit it on the whole validation split with
     :func:`fit_calibrator` and report calibration on test once.
 
@@ -239,7 +247,8 @@ def compare_methods(
     if not 1 <= n_folds <= y.shape[0]:
         raise ValueError(f"expected 1 <= n_folds <= n_samples ({y.shape[0]}); got {n_folds}")
     one_class_columns(y, what="compare_methods", classes=classes, outcome="identity calibration")
-    fold = np.arange(y.shape[0]) % n_folds
+    order = np.arange(y.shape[0]) if groups is None else pd.factorize(np.asarray(groups))[0]
+    fold = order % n_folds
     calibrated = {"uncalibrated": p}
     for method in METHODS:
         out = np.empty_like(p)

@@ -1,10 +1,16 @@
-"""Predictions from any tool, matched to labels from a manifest or a dataset's metadata.
+"""Predictions from any tool, matched to labels from a manifest, a dataset's metadata or a
+plain labels CSV.
 
 A predictions CSV needs an image key column (``image_id``, ``Image Index``, ``path``,
-``filename``, ``image`` or ``id``; a path is reduced to its file name) and one probability
-column per finding. Finding columns are matched case-insensitively, ignoring ``_``/space
-differences and a prefix such as ``prob_``, ``p_``, ``pred_`` or ``score_``.
-Images present in one file and not the other are counted and reported, never silently dropped.
+``filename``, ``image`` or ``id``, first found in that order) and one probability column per
+finding. Keys are matched to the labelled images by path (:mod:`cxrkit.evaluate.image_keys`:
+relative path, else an unambiguous trailing part of it, down to a unique file name).
+Finding columns are matched case-insensitively, ignoring ``_``/space differences and a prefix
+such as ``prob_``, ``p_``, ``pred_`` or ``score_``. Images present in one file and not the
+other are counted and reported, never silently dropped.
+
+A plain labels CSV (``--labels truth.csv``, no images needed) has an image column, an optional
+patient column and one 0/1/blank column per finding; its other columns are metadata.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import pandas as pd
 
 from cxrkit.data.datasets.base import BASE_COLUMNS, get_dataset
 from cxrkit.data.manifest import HEADER_NAME, load_manifest
-from cxrkit.errors import UserError
+from cxrkit.errors import UserError, did_you_mean
+from cxrkit.evaluate.image_keys import match_keys, normalise_key
 
 KEY_COLUMNS = ("image_id", "image index", "path", "filename", "file", "image", "id", "dicom_id")
 PREFIXES = ("prob_", "prob-", "p_", "pred_", "score_", "probability_")
@@ -27,17 +34,6 @@ PREFIXES = ("prob_", "prob-", "p_", "pred_", "score_", "probability_")
 
 def _norm(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name.strip().lower())
-
-
-def image_key(values: pd.Series) -> pd.Series:
-    """File name of each id or path (``a/b/00000001_000.png`` -> ``00000001_000.png``)."""
-    return (
-        values.astype(str)
-        .str.strip()
-        .str.replace("\\", "/", regex=False)
-        .str.rsplit("/", n=1)
-        .str[-1]
-    )
 
 
 @dataclass
@@ -48,17 +44,26 @@ class LabelSource:
     table: pd.DataFrame
     findings: list[str]
     origin: str
+    notes: list[str] = field(default_factory=list)  # what the report must say about them
 
 
-def load_labels(source: str | Path, *, dataset: str | None = None) -> LabelSource:
-    """Labels from a prepared folder (``manifest.json``) or, with ``dataset``, from that
-    dataset's own metadata file (e.g. ``--dataset nih --labels Data_Entry_2017.csv``)."""
+def load_labels(
+    source: str | Path, *, dataset: str | None = None, patient_col: str | None = None
+) -> LabelSource:
+    """Labels from a prepared folder (``manifest.json``), from a dataset's own metadata file
+    with ``dataset`` (e.g. ``--dataset nih --labels Data_Entry_2017.csv``), or from a plain
+    labels CSV (:func:`read_label_csv`, ``patient_col`` naming its patient column)."""
     source = Path(source)
-    if dataset is None:
+    notes: list[str] = []
+    if patient_col is not None and not (dataset is None and source.is_file()):
+        raise UserError("--patient-col is for a plain labels CSV; this --labels has patients")
+    if dataset is None and source.is_file():
+        table, findings, notes = read_label_csv(source, patient_col=patient_col)
+    elif dataset is None:
         if not (source / HEADER_NAME).is_file():
             raise UserError(
-                f"--labels {source} is not a prepared folder; give --dataset NAME "
-                "to read a dataset's own label file"
+                f"--labels {source} is neither a prepared folder nor a CSV file; give a "
+                "prepared folder, a labels CSV, or --dataset NAME with the dataset's label file"
             )
         m = load_manifest(source)
         table, findings = m.table.copy(), m.findings
@@ -71,11 +76,71 @@ def load_labels(source: str | Path, *, dataset: str | None = None) -> LabelSourc
             )
         table = spec.read_labels(source)
         findings = [c for c in table.columns if c not in _META and table[c].dtype.kind == "f"]
-    table["key"] = image_key(table["image_id"])
+    table["key"] = table["image_id"].map(normalise_key)
     if table["key"].duplicated().any():
-        dup = table.loc[table["key"].duplicated(), "key"].iloc[0]
+        dup = table.loc[table["key"].duplicated(), "image_id"].iloc[0]
         raise UserError(f"{source}: image {dup!r} appears twice; image ids must be unique")
-    return LabelSource(table=table, findings=list(findings), origin=str(source))
+    return LabelSource(table=table, findings=list(findings), origin=str(source), notes=notes)
+
+
+PATIENT_COLUMNS = ("patient_id", "patient id", "patientid", "patient")
+
+
+def read_label_csv(
+    path: Path, *, patient_col: str | None = None
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """A plain labels CSV -> ``(table, findings, notes)``: ``table`` has ``image_id``,
+    ``patient_id`` and one float column per finding (1 / 0 / NaN for blank).
+
+    The image column is the first of :data:`KEY_COLUMNS`; the patient column is
+    ``patient_col``, else one named as in :data:`PATIENT_COLUMNS`, else none: each image is
+    then its own patient and ``notes`` says so (intervals then ignore patients). Finding
+    columns are those whose values are all 0, 1 or blank; other columns are metadata, and a
+    column that looks like labels but holds other values (``-1``, ``0.7``) is named in notes.
+    """
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise UserError(f"{path} is not a readable CSV: {err}") from None
+    lower = {c.strip().lower(): c for c in raw.columns}
+    image_col = next((lower[k] for k in KEY_COLUMNS if k in lower), None)
+    if image_col is None:
+        raise UserError(f"{path} has no image column; expected one of {', '.join(KEY_COLUMNS)}")
+    if patient_col is not None and patient_col not in raw.columns:
+        raise did_you_mean(patient_col, raw.columns, what=f"--patient-col of {path}")
+    patient_col = patient_col or next((lower[k] for k in PATIENT_COLUMNS if k in lower), None)
+    notes = []
+    table = pd.DataFrame({"image_id": raw[image_col].str.strip()})
+    if patient_col is None:
+        table["patient_id"] = table["image_id"]
+        notes.append(
+            f"{path.name} has no patient column: each image is treated as its own patient "
+            "(intervals are too narrow if patients have several images; pass --patient-col)"
+        )
+    else:
+        table["patient_id"] = raw[patient_col].str.strip()
+    findings, odd = [], []
+    for col in raw.columns:
+        if col in (image_col, patient_col):
+            continue
+        values = raw[col].str.strip()
+        filled = values[values != ""]
+        numbers = pd.to_numeric(filled, errors="coerce")
+        if filled.empty or numbers.isna().any():
+            continue  # text metadata (sex, view, ...) or an empty column
+        if numbers.isin([0, 1]).all():
+            findings.append(col.strip())
+            table[col.strip()] = pd.to_numeric(values.replace("", np.nan)).astype(np.float64)
+        elif numbers.nunique() <= 3 and numbers.isin([-1, 0, 1]).all():
+            odd.append(col.strip())
+    if odd:
+        notes.append(
+            f"{path.name}: columns {', '.join(odd)} hold values other than 0/1/blank (e.g. -1 "
+            "for uncertain) and were not evaluated; map them to 0/1/blank first"
+        )
+    if not findings:
+        raise UserError(f"{path} has no finding column (0/1/blank values); columns: {list(raw)}")
+    return table, findings, notes
 
 
 _META = {*BASE_COLUMNS, "split", "cache_index", "key"}
@@ -124,10 +189,12 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
         raise UserError(f"{path} has no image column; expected one of {', '.join(KEY_COLUMNS)}")
     if "status" in lower:  # cxrkit infer output: skip the rows of unreadable files
         table = table[table[lower["status"]].astype(str) == "ok"]
-    table = table.assign(key=image_key(table[key_col]))
+    table = table.assign(key=table[key_col].astype(str).map(normalise_key))
     if table["key"].duplicated().any():
         raise UserError(
-            f"{path}: image {table.loc[table['key'].duplicated(), 'key'].iloc[0]!r} has two rows"
+            f"{path}: image {table.loc[table['key'].duplicated(), key_col].iloc[0]!r} has two "
+            "rows; if they are different images with one file name, give their paths relative "
+            "to the dataset root (image identity is the path)"
         )
     return table
 
@@ -138,19 +205,27 @@ def match(
     *,
     where: str,
     findings: list[str] | None = None,
-    known: set[str] | None = None,
+    within: LabelSource | None = None,
 ) -> Matched:
-    """Align predictions with labels on the image key; count the images only one side has.
+    """Align predictions with the rows of ``labels`` by image (:func:`match_keys`); count the
+    images only one side has.
 
-    ``known``: every labelled key (all splits) when ``labels`` is one split of them, so that a
-    prediction for an image of another split is not counted as unlabelled."""
+    ``within``: all the labelled images (every split) when ``labels`` is one split of them:
+    keys are matched against all of them, so that a prediction for an image of another split
+    is neither counted as unlabelled nor matched to a look-alike of this split."""
+    universe = within if within is not None else labels
     wanted = findings or labels.findings
     columns = match_columns([c for c in predictions.columns if c != "key"], wanted, where=where)
     names = [f for f in wanted if f in columns]
-    joined = labels.table.merge(
-        predictions[["key", *columns.values()]], on="key", how="inner", suffixes=("", "__pred")
+    ids = universe.table["key"].to_numpy()
+    found = match_keys(
+        predictions["key"].tolist(), ids.tolist(), where=where, labels_where=universe.origin
     )
-    pred_only = sorted(set(predictions["key"]) - (known or set(labels.table["key"])))
+    pred_only = sorted(predictions["key"].to_numpy()[found < 0].tolist())
+    rows = predictions[found >= 0].assign(key=ids[found[found >= 0]])
+    joined = labels.table.merge(
+        rows[["key", *columns.values()]], on="key", how="inner", suffixes=("", "__pred")
+    )
     label_only = len(labels.table) - len(joined)
     if joined.empty:
         raise UserError(
@@ -170,5 +245,13 @@ def match(
             "in_predictions_only": len(pred_only),
             "in_labels_only": int(label_only),
             "examples": pred_only[:5],
+            "not_evaluated_findings": [f for f in wanted if f not in columns],
         },
     )
+
+
+def split_rows(source: LabelSource, split: str | None) -> LabelSource:
+    """The rows of ``split`` when the labels have splits (a manifest); all rows otherwise."""
+    if split is None or "split" not in source.table:
+        return source
+    return LabelSource(source.table[source.table["split"] == split], source.findings, source.origin)

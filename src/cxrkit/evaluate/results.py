@@ -5,8 +5,13 @@ validation split, patient ids, optional calibrated scores and subgroup columns) 
 ``metrics.json`` dict: per-class AUROC, AP, prevalence, operating-point figures at the
 threshold (sensitivity, specificity, PPV, NPV, F1), sensitivity at fixed specificities and
 specificity at fixed sensitivities, each with a 95% bootstrap interval resampling patients,
-DeLong intervals for AUROC, macro / micro / prevalence-weighted averages, Brier and ECE, and a
-subgroup table with the largest AUROC gap per finding.
+DeLong intervals for AUROC (image-level, labelled so), macro / micro / prevalence-weighted
+averages, Brier and ECE, and a subgroup table with the largest AUROC gap per finding.
+
+Ranking figures (AUROC, AP, sensitivity at a fixed specificity and the reverse) are always
+computed on the **raw** scores: calibration (even isotonic, which ties scores) changes only
+the probability figures: Brier, ECE, and the figures at the thresholds, which were tuned on
+calibrated validation probabilities.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrkit.errors import UserError
 from cxrkit.evaluate.bootstrap import bootstrap_ci
 from cxrkit.evaluate.calibration import brier, ece
 from cxrkit.evaluate.delong import delong_ci
@@ -51,37 +57,47 @@ def evaluate(
     raw_score: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Metrics with confidence intervals; see the module docstring. ``y_score`` is what the
-    model outputs after calibration; ``raw_score`` (optional) the same before calibration, for
-    the Brier/ECE comparison."""
+    model outputs after calibration; ``raw_score`` (optional) the same before calibration:
+    the ranking figures are computed on it, and it is the Brier/ECE comparison."""
     classes = list(classes)
+    ranking = y_score if raw_score is None else raw_score
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         base = summarize(
             y_true, y_score, classes=classes, thresholds=thresholds, specificity=specificities[0]
         )
+        if raw_score is not None:
+            _take_ranking(
+                base,
+                summarize(
+                    y_true,
+                    ranking,
+                    classes=classes,
+                    thresholds=thresholds,
+                    specificity=specificities[0],
+                ),
+            )
         conf = confusion_at_thresholds(y_true, y_score, thresholds)
         extra = {
-            f"sens_at_spec_{s:g}": sensitivity_at_specificity(y_true, y_score, specificity=s)
+            f"sens_at_spec_{s:g}": sensitivity_at_specificity(y_true, ranking, specificity=s)
             for s in specificities
         }
         extra |= {
-            f"spec_at_sens_{s:g}": specificity_at_sensitivity(y_true, y_score, sensitivity=s)
+            f"spec_at_sens_{s:g}": specificity_at_sensitivity(y_true, ranking, sensitivity=s)
             for s in sensitivities
         }
-        ci = (
-            bootstrap_ci(
-                y_true,
-                y_score,
-                thresholds=thresholds,
-                groups=groups,
-                n_boot=n_boot,
-                seed=seed,
-                specificities=specificities,
-                sensitivities=sensitivities,
-            )
-            if n_boot > 0
-            else {}
-        )
+        options = {
+            "thresholds": thresholds,
+            "groups": groups,
+            "n_boot": n_boot,
+            "seed": seed,
+            "specificities": specificities,
+            "sensitivities": sensitivities,
+        }
+        ci = bootstrap_ci(y_true, y_score, **options) if n_boot > 0 else {}
+        if n_boot > 0 and raw_score is not None:  # the same resamples (same seed and groups)
+            ranked = bootstrap_ci(y_true, ranking, **options)
+            ci |= {k: v for k, v in ranked.items() if _is_ranking(k)}
         cal = {"brier": brier(y_true, y_score), "ece": ece(y_true, y_score)}
         if raw_score is not None:
             cal = {
@@ -102,7 +118,7 @@ def evaluate(
                     entry[f"{key}_ci"] = _ci(interval[j])
             mask = ~np.isnan(y_true[:, j])
             if len(np.unique(y_true[mask, j])) == 2:
-                _, low, high = delong_ci(y_true[:, j], y_score[:, j])
+                _, low, high = delong_ci(y_true[:, j], ranking[:, j])
                 entry["auroc_delong_ci"] = [json_float(low), json_float(high)]
     metrics = dict(base)
     if "macro_auroc" in ci:
@@ -125,6 +141,25 @@ def evaluate(
     return metrics
 
 
+RANKING = ("auroc", "ap", "sens_at_spec_", "spec_at_sens_")
+
+
+def _is_ranking(key: str) -> bool:
+    """Whether figure ``key`` (``auroc``, ``macro_ap``, ``sens_at_spec_0.8``, ...) depends only
+    on the order of the scores."""
+    bare = key.removeprefix("macro_").removeprefix("micro_")
+    return bare in ("auroc", "ap") or bare.startswith(RANKING[2:])
+
+
+def _take_ranking(base: dict[str, Any], ranked: dict[str, Any]) -> None:
+    """Copy the ranking figures of ``ranked`` (a :func:`summarize` of the raw scores) over
+    those of ``base`` (of the calibrated ones), in place."""
+    for name, entry in base["per_class"].items():
+        entry |= {k: v for k, v in ranked["per_class"][name].items() if _is_ranking(k)}
+    base["macro"], base["micro"] = ranked["macro"], ranked["micro"]
+    base["skipped_classes"] = ranked["skipped_classes"]
+
+
 def _weighted(per_class: dict[str, dict], classes: list[str]) -> dict[str, float | None]:
     """Prevalence-weighted (by positives) averages of AUROC and AP over evaluable classes."""
     out: dict[str, float | None] = {}
@@ -137,6 +172,20 @@ def _weighted(per_class: dict[str, dict], classes: list[str]) -> dict[str, float
         total = sum(w for _, w in pairs)
         out[key] = sum(v * w for v, w in pairs) / total if total else None
     return out
+
+
+def _group_intervals(
+    y: np.ndarray, s: np.ndarray, patients: np.ndarray, n_boot: int, seed: int
+) -> np.ndarray | None:
+    """``(C, 2)`` patient-bootstrap AUROC intervals of one subgroup (NaN where undefined);
+    None without resamples."""
+    if n_boot <= 0:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # small groups: NaN intervals, shown as n/a
+        return bootstrap_ci(y, s, thresholds=0.5, groups=patients, n_boot=n_boot, seed=seed)[
+            "auroc"
+        ]
 
 
 def add_age_band(table: pd.DataFrame) -> pd.DataFrame:
@@ -158,27 +207,33 @@ def subgroups(
     classes: Sequence[str],
     by: Sequence[str],
     min_size: int = 10,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Per group of each ``by`` column: n, positives and AUROC with a DeLong 95% interval per
-    finding, and per finding the largest AUROC gap between two groups of one column.
+    """Per group of each ``by`` column: n, positives, patients and AUROC with a 95% interval
+    per finding, and per finding the largest AUROC gap between two groups of one column.
 
-    ``table`` rows align with ``y_true``. Groups smaller than ``min_size`` images are listed
-    with counts only (an AUROC on a handful of images is noise)."""
+    ``table`` rows align with ``y_true``; ``groups`` ``(n,)`` are patient ids. The interval
+    (``auroc_ci``) is a bootstrap resampling the group's **patients** (``n_boot`` resamples;
+    images when ``groups`` is None); DeLong's image-level interval is kept beside it as
+    ``auroc_delong_ci``. Groups smaller than ``min_size`` images are listed with counts only
+    (an AUROC on a handful of images is noise)."""
     table = add_age_band(table.reset_index(drop=True))
     unknown = [c for c in by if c not in table.columns]
     if unknown:
-        from cxrkit.errors import UserError
-
         raise UserError(
             f"--by {', '.join(unknown)}: no such column; available: "
             f"{', '.join(c for c in table.columns if table[c].nunique() < 50)}"
         )
+    patients = np.arange(len(table)) if groups is None else np.asarray(groups)
     rows: list[dict[str, Any]] = []
     gaps: dict[str, dict[str, Any]] = {}
     for column in by:
         values = table[column].astype(object).where(table[column].notna(), None)
         for group in sorted({v for v in values if v not in (None, "")}, key=str):
             mask = (values == group).to_numpy()
+            intervals = _group_intervals(y_true[mask], y_score[mask], patients[mask], n_boot, seed)
             for j, name in enumerate(classes):
                 y, s = y_true[mask, j], y_score[mask, j]
                 labelled = ~np.isnan(y)
@@ -189,13 +244,16 @@ def subgroups(
                     "finding": name,
                     "n": int(labelled.sum()),
                     "n_positive": n_pos,
+                    "n_patients": int(len(np.unique(patients[mask][labelled]))),
                     "auroc": None,
                     "auroc_ci": None,
+                    "auroc_delong_ci": None,
                 }
                 if labelled.sum() >= min_size and 2 <= n_pos <= labelled.sum() - 2:
                     auc, low, high = delong_ci(y, s)
                     row["auroc"] = json_float(auc)
-                    row["auroc_ci"] = [json_float(low), json_float(high)]
+                    row["auroc_ci"] = _ci(intervals[j]) if intervals is not None else None
+                    row["auroc_delong_ci"] = [json_float(low), json_float(high)]
                 rows.append(row)
         for name in classes:
             scored = [

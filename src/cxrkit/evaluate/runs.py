@@ -1,4 +1,5 @@
-"""``cxrkit eval`` and ``cxrkit compare``: run an evaluation end to end and write its files.
+"""``cxrkit eval``: run an evaluation end to end and write its files (``compare``:
+:mod:`cxrkit.evaluate.compare`).
 
 Outputs in ``OUT/``: ``metrics.json`` (see :mod:`cxrkit.evaluate.results`), ``per_class.csv``,
 ``report.html`` (self-contained) and, for a checkpoint, ``predictions_<split>.csv``.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +19,13 @@ import numpy as np
 import pandas as pd
 
 from cxrkit import __version__
-from cxrkit.data.manifest import load_manifest
+from cxrkit.data.manifest import Manifest, load_manifest
 from cxrkit.errors import UserError
 from cxrkit.evaluate.calibration import Calibrator, compare_methods, fit_calibrator
-from cxrkit.evaluate.delong import delong_test
-from cxrkit.evaluate.predictions import LabelSource, load_labels, match, read_predictions
+from cxrkit.evaluate.predictions import load_labels, match, read_predictions, split_rows
 from cxrkit.evaluate.results import evaluate, per_class_table, subgroups
 from cxrkit.evaluate.thresholds import FALLBACK_THRESHOLD, check_method, tune_thresholds
-from cxrkit.files import json_float, write_json
+from cxrkit.files import write_json
 
 CALIBRATIONS = ("none", "auto", "temperature", "platt", "isotonic")
 
@@ -68,13 +69,18 @@ def _check(options: EvalOptions) -> None:
 
 
 def fit_operating_points(
-    y_val: np.ndarray, p_val: np.ndarray, classes: list[str], options: EvalOptions
+    y_val: np.ndarray,
+    p_val: np.ndarray,
+    classes: list[str],
+    options: EvalOptions,
+    groups: np.ndarray | None = None,
 ) -> tuple[Calibrator | None, np.ndarray, dict[str, Any]]:
-    """Calibration (optional) then thresholds, both on the validation split."""
+    """Calibration (optional) then thresholds, both on the validation split; ``groups``
+    (patient ids) keep each patient in one fold when ``auto`` compares methods."""
     method = options.calibration
     info: dict[str, Any] = {"split": "val", "n_images": len(y_val)}
     if method == "auto":
-        scores = compare_methods(y_val, p_val, classes=classes)["methods"]
+        scores = compare_methods(y_val, p_val, classes=classes, groups=groups)["methods"]
         method = min(scores, key=lambda m: scores[m]["macro"]["nll"] or np.inf)
         info["compared"] = {m: scores[m]["macro"] for m in scores}
         method = "none" if method == "uncalibrated" else method
@@ -117,10 +123,15 @@ def evaluate_checkpoint(
     out: str | Path,
     *,
     options: EvalOptions | None = None,
-    write_card: bool = True,
+    write_card: bool | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Predict the val and ``options.split`` rows of a prepared folder and evaluate."""
+    """Predict the val and ``options.split`` rows of a prepared folder and evaluate.
+
+    The thresholds and calibration fitted on val go into the checkpoint's card with where
+    they came from (:func:`card_decision`): ``write_card`` None writes them only when they
+    were tuned on the data the model was trained on or replace ones tuned on this same data;
+    True always (``--write-card``); False never (``--no-write-card``)."""
     options = options or EvalOptions()
     _check(options)
     if write_card and Path(checkpoint).is_dir():
@@ -142,7 +153,8 @@ def evaluate_checkpoint(
     p_val = predictor.predict_manifest(manifest, val_rows, progress=progress, calibrated=False)
     raw = predictor.predict_manifest(manifest, rows, progress=progress, calibrated=False)
     y_val, y = manifest.labels(val_rows, classes), manifest.labels(rows, classes)
-    calibrator, thresholds, info = fit_operating_points(y_val, p_val, classes, options)
+    patients = val_rows["patient_id"].astype(str).to_numpy()
+    calibrator, thresholds, info = fit_operating_points(y_val, p_val, classes, options, patients)
     probs = calibrator.apply(raw) if calibrator else raw
     metrics = _metrics(y, probs, raw if calibrator else None, rows, classes, thresholds, options)
     metrics["thresholds"] = {
@@ -164,10 +176,14 @@ def evaluate_checkpoint(
         table[f"label_{f}"] = y[:, j]
         table[f"prob_{f}"] = probs[:, j]
     table.to_csv(out / f"predictions_{options.split}.csv", index=False)
-    if write_card:
+    origin = tuning_origin(manifest, len(val_rows))
+    write, reason = card_decision(predictor.card, origin, write_card, Path(checkpoint).is_dir())
+    metrics["card"] = {"written": write, "reason": reason}
+    write_json(result.metrics_file, metrics)
+    if write:
         update_card(
             checkpoint,
-            thresholds={**metrics["thresholds"], "n_val_images": len(val_rows)},
+            thresholds={**metrics["thresholds"], "n_val_images": len(val_rows), **origin},
             calibration=calibrator.to_dict() if calibrator else None,
             test_metrics={
                 "split": options.split,
@@ -176,6 +192,49 @@ def evaluate_checkpoint(
             },
         )
     return result
+
+
+def tuning_origin(manifest: Manifest, n_images: int) -> dict[str, Any]:
+    """Where thresholds tuned on ``manifest``'s val split come from, for the model card."""
+    return {
+        "dataset": manifest.header.get("dataset"),
+        "prepared": str(manifest.folder.resolve()),
+        "split": "val",
+        "n_images": n_images,
+        "patients_sha256": manifest.header.get("split", {}).get("patients_sha256", {}).get("val"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def card_decision(
+    card: dict[str, Any], origin: dict[str, Any], write_card: bool | None, bundle: bool
+) -> tuple[bool, str]:
+    """``(write, why)``: whether ``eval`` stores operating points tuned at ``origin`` in
+    ``card``. Automatically only when the card's own thresholds came from the same val patients,
+    or it has none and the model was trained on the dataset of those patients."""
+    if write_card is not None:
+        return write_card, "asked (--write-card)" if write_card else "asked (--no-write-card)"
+    if bundle:
+        return False, "an exported bundle's card is fixed at export"
+    own = (card.get("thresholds") or {}).get("patients_sha256")
+    trained = [
+        (d.get("patients_sha256") or {}).get("val")
+        for d in (card.get("training_data") or {}).get("datasets", [])
+    ]
+    fingerprint = origin["patients_sha256"]
+    if own is not None:
+        if own == fingerprint:
+            return True, "replaces thresholds tuned on the same validation patients"
+        return False, (
+            f"the card's thresholds were tuned on other data ({card['thresholds'].get('prepared')}"
+            "); kept: pass --write-card to replace them"
+        )
+    if fingerprint is not None and fingerprint in trained:
+        return True, "tuned on the validation split of the model's own training data"
+    return False, (
+        "this is not the data the model was trained on; thresholds kept: pass --write-card "
+        "to store the ones tuned here"
+    )
 
 
 def _metrics(
@@ -202,7 +261,18 @@ def _metrics(
     )
     metrics["split"] = options.split
     metrics["subgroups"] = (
-        subgroups(rows, y, probs, classes=classes, by=options.by) if options.by else None
+        subgroups(
+            rows,
+            y,
+            probs if raw is None else raw,
+            classes=classes,
+            by=options.by,
+            groups=groups,
+            n_boot=options.n_boot,
+            seed=options.seed,
+        )
+        if options.by
+        else None
     )
     return metrics
 
@@ -213,31 +283,37 @@ def evaluate_predictions(
     out: str | Path,
     *,
     dataset: str | None = None,
+    patient_col: str | None = None,
     options: EvalOptions | None = None,
 ) -> EvalResult:
-    """Evaluate another tool's predictions CSV against a manifest or a dataset's label file.
+    """Evaluate another tool's predictions CSV against a manifest, a dataset's label file or
+    a plain labels CSV (``patient_col``: its patient column; see :func:`load_labels`).
 
     With a manifest whose val images are also predicted, thresholds (and calibration) are
     tuned there; otherwise thresholds are fixed at 0.5 and calibration is off (a warning says
     so). Images in only one of the two files are counted in ``metrics["missing"]``."""
     options = options or EvalOptions()
     _check(options)
-    source = load_labels(labels, dataset=dataset)
+    source = load_labels(labels, dataset=dataset, patient_col=patient_col)
     table = read_predictions(predictions)
-    target = _split_rows(source, options.split)
-    matched = match(table, target, where=str(predictions), known=set(source.table["key"]))
+    target = split_rows(source, options.split)
+    matched = match(table, target, where=str(predictions), within=source)
     classes = matched.findings
-    notes = []
-    val = _split_rows(source, "val") if "split" in source.table else None
+    notes = list(source.notes)
+    val = split_rows(source, "val") if "split" in source.table else None
     val_matched = None
     if val is not None and len(val.table):
         try:
-            val_matched = match(table, val, where=str(predictions), findings=classes)
+            val_matched = match(table, val, where=str(predictions), findings=classes, within=source)
         except UserError:
             val_matched = None
     if val_matched is not None:
         calibrator, thresholds, info = fit_operating_points(
-            val_matched.y_true, val_matched.y_score, classes, options
+            val_matched.y_true,
+            val_matched.y_score,
+            classes,
+            options,
+            val_matched.labels["patient_id"].astype(str).to_numpy(),
         )
     else:
         calibrator, thresholds = None, np.full(len(classes), FALLBACK_THRESHOLD)
@@ -258,6 +334,7 @@ def evaluate_predictions(
         options,
     )
     metrics["warnings"] = sorted(set(metrics["warnings"]) | set(notes))
+    metrics["notes"] = notes  # what the reader must know about these labels (also in warnings)
     metrics["missing"] = matched.missing
     metrics["thresholds"] = {
         "method": options.threshold_method if val_matched else "fixed",
@@ -270,56 +347,3 @@ def evaluate_predictions(
         "labels": str(Path(labels).resolve()),
     }
     return _finish(metrics, Path(out), matched.y_true, probs, raw if calibrator else None, options)
-
-
-def _split_rows(source: LabelSource, split: str | None) -> LabelSource:
-    """The rows of ``split`` when the labels have splits (a manifest); all rows otherwise."""
-    if split is None or "split" not in source.table:
-        return source
-    return LabelSource(source.table[source.table["split"] == split], source.findings, source.origin)
-
-
-def compare(
-    a: str | Path,
-    b: str | Path,
-    labels: str | Path,
-    out: str | Path,
-    *,
-    dataset: str | None = None,
-    split: str | None = "test",
-) -> dict[str, Any]:
-    """Two models' predictions on the same images: per-finding AUROC of each, the paired
-    DeLong test of the difference, and the images used (those both files and the labels have)."""
-    source = _split_rows(load_labels(labels, dataset=dataset), split)
-    ma = match(read_predictions(a), source, where=str(a))
-    mb = match(read_predictions(b), source, where=str(b), findings=ma.findings)
-    common = np.intersect1d(ma.keys, mb.keys)
-    if common.size == 0:
-        raise UserError(f"{a} and {b} share no labelled image")
-    ia = pd.Index(ma.keys).get_indexer(common)
-    ib = pd.Index(mb.keys).get_indexer(common)
-    rows = {}
-    for j, name in enumerate(mb.findings):
-        ja = ma.findings.index(name)
-        y = ma.y_true[ia, ja]
-        if len(np.unique(y[~np.isnan(y)])) < 2:
-            continue
-        test = delong_test(y, ma.y_score[ia, ja], mb.y_score[ib, j])
-        rows[name] = {
-            k: (json_float(v) if np.ndim(v) == 0 else [json_float(x) for x in v])
-            for k, v in test.items()
-        }
-        rows[name] |= {"n_positive": int((y == 1).sum()), "n_negative": int((y == 0).sum())}
-    result = {
-        "a": str(a),
-        "b": str(b),
-        "labels": str(labels),
-        "n_images": int(common.size),
-        "only_in_a": int(len(ma.keys) - common.size),
-        "only_in_b": int(len(mb.keys) - common.size),
-        "per_class": rows,
-    }
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "compare.json", result)
-    return result

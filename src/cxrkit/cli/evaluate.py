@@ -1,0 +1,210 @@
+"""``cxrkit eval`` and ``cxrkit compare``: their arguments and what they run."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from cxrkit.errors import UserError
+
+AddParser = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.8,0.9; got {text!r}") from None
+
+
+PATIENT_COL_HELP = (
+    "with a labels CSV: its patient column (default: one named patient_id / Patient ID; "
+    "without one, each image is its own patient and the report says so)"
+)
+
+
+def add_evaluate_parsers(add: AddParser) -> None:
+    """Add ``eval`` and ``compare`` through ``add(name, fn, help)`` (the parser's helper)."""
+    s = add(
+        "eval",
+        cmd_eval,
+        "evaluate a checkpoint or any tool's predictions: metrics with "
+        "confidence intervals, operating points, calibration, subgroups, an HTML report",
+    )
+    s.add_argument("--checkpoint", help="a cxrkit checkpoint (predicts --data)")
+    s.add_argument("--data", help="prepared folder, with --checkpoint")
+    s.add_argument(
+        "--predictions",
+        help="a predictions CSV from any tool: an image column and "
+        "one probability column per finding",
+    )
+    s.add_argument(
+        "--labels",
+        help="with --predictions: a prepared folder, a labels CSV (an image column, one "
+        "0/1/blank column per finding), or a dataset's own label file with --dataset "
+        "(e.g. --dataset nih --labels Data_Entry_2017.csv)",
+    )
+    s.add_argument("--dataset", help="the dataset whose label file --labels is")
+    s.add_argument("--patient-col", help=PATIENT_COL_HELP)
+    s.add_argument("--split", default="test", help="split to evaluate (default test)")
+    s.add_argument(
+        "--out", required=True, help="folder for metrics.json, per_class.csv, report.html"
+    )
+    s.add_argument(
+        "--threshold-method",
+        default="f1",
+        help="f1, youden, sensitivity:0.9 or specificity:0.9 (tuned on val only)",
+    )
+    s.add_argument(
+        "--calibration",
+        default="temperature",
+        help="none, temperature, platt, isotonic, or auto (best on val); fitted on val",
+    )
+    s.add_argument(
+        "--specificities",
+        type=_floats,
+        default=(0.8, 0.9, 0.95),
+        help="report sensitivity at these specificities (default 0.8,0.9,0.95)",
+    )
+    s.add_argument(
+        "--sensitivities",
+        type=_floats,
+        default=(0.8, 0.9),
+        help="report specificity at these sensitivities (default 0.8,0.9)",
+    )
+    s.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for 95%% intervals, by patient (0 = none)",
+    )
+    s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    s.add_argument("--by", default="", help="subgroup columns, e.g. sex,age_band,view")
+    s.add_argument("--no-report", action="store_true", help="skip report.html")
+    card = s.add_mutually_exclusive_group()
+    card.add_argument(
+        "--write-card",
+        action="store_true",
+        help="store the thresholds/calibration tuned here in the checkpoint's card even when "
+        "it was not trained on this data (by default only then, or to replace ones tuned on "
+        "the same validation patients)",
+    )
+    card.add_argument(
+        "--no-write-card",
+        action="store_true",
+        help="never store thresholds/calibration in the checkpoint's model card",
+    )
+
+    s = add(
+        "compare",
+        cmd_compare,
+        "two models' predictions on the same images: AUROC of each and their difference "
+        "with a paired patient-bootstrap interval and p-value (DeLong's beside it)",
+    )
+    s.add_argument("a", help="predictions CSV of model A")
+    s.add_argument("b", help="predictions CSV of model B")
+    s.add_argument(
+        "--labels", required=True, help="prepared folder, labels CSV or dataset label file"
+    )
+    s.add_argument("--dataset", help="the dataset whose label file --labels is")
+    s.add_argument("--patient-col", help=PATIENT_COL_HELP)
+    s.add_argument("--split", default="test", help="split of a prepared folder ('' = all)")
+    s.add_argument("--bootstrap", type=int, default=1000, help="paired patient resamples")
+    s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    s.add_argument("--out", required=True, help="folder for compare.json")
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from cxrkit.evaluate.results import format_table
+    from cxrkit.evaluate.runs import EvalOptions, evaluate_checkpoint, evaluate_predictions
+
+    options = EvalOptions(
+        split=a.split,
+        threshold_method=a.threshold_method,
+        calibration=a.calibration,
+        specificities=a.specificities,
+        sensitivities=a.sensitivities,
+        n_boot=a.bootstrap,
+        seed=a.seed,
+        by=tuple(c for c in a.by.split(",") if c) if a.by else (),
+        report=not a.no_report,
+    )
+    if (a.checkpoint is None) == (a.predictions is None):
+        raise UserError("give either --checkpoint (with --data) or --predictions (with --labels)")
+    if a.checkpoint is not None:
+        if a.data is None:
+            raise UserError("--checkpoint needs --data PREP (a prepared folder)")
+        r = evaluate_checkpoint(
+            a.checkpoint,
+            a.data,
+            a.out,
+            options=options,
+            write_card=True if a.write_card else False if a.no_write_card else None,
+        )
+        card = r.metrics["card"]
+        print(f"model card {'updated' if card['written'] else 'kept'}: {card['reason']}")
+    else:
+        if a.labels is None:
+            raise UserError(
+                "--predictions needs --labels (a prepared folder, a labels CSV, or a "
+                "dataset's label file with --dataset)"
+            )
+        r = evaluate_predictions(
+            a.predictions,
+            a.labels,
+            a.out,
+            dataset=a.dataset,
+            patient_col=a.patient_col,
+            options=options,
+        )
+    m = r.metrics
+    print(format_table(m))
+    missing = m.get("missing") or {}
+    if missing.get("in_predictions_only") or missing.get("in_labels_only"):
+        print(
+            f"not evaluated: {missing['in_predictions_only']} predicted image(s) without "
+            f"labels, {missing['in_labels_only']} labelled image(s) without predictions"
+        )
+    for note in m.get("notes", []):
+        print(f"note: {note}")
+    if missing.get("not_evaluated_findings"):
+        print(f"no predictions for: {', '.join(missing['not_evaluated_findings'])} (not evaluated)")
+    print(
+        f"{m['n_images']} images; {r.out / 'metrics.json'}, {r.out / 'per_class.csv'}"
+        + (f", {r.out / 'report.html'}" if options.report else "")
+    )
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from cxrkit.evaluate.compare import compare
+
+    result = compare(
+        a.a,
+        a.b,
+        a.labels,
+        a.out,
+        dataset=a.dataset,
+        patient_col=a.patient_col,
+        split=a.split or None,
+        n_boot=a.bootstrap,
+        seed=a.seed,
+    )
+    print(f"{'Class':<20} {'AUROC A':>8} {'AUROC B':>8} {'diff':>7} {'95% CI':>16} {'p':>8}")
+
+    def num(v: float | None, spec: str) -> str:
+        return format(v, spec) if v is not None else "n/a"
+
+    for name, row in result["per_class"].items():
+        low, high = row["ci_diff"]
+        ci = f"{num(low, '.3f')} to {num(high, '.3f')}"
+        print(
+            f"{name:<20} {num(row['auc_a'], '8.4f'):>8} {num(row['auc_b'], '8.4f'):>8} "
+            f"{num(row['diff'], '7.4f'):>7} {ci:>16} {num(row['p_value'], '8.3g'):>8}"
+        )
+    print(f"CI and p: {result['interval']} ({result['n_patients']} patients)")
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"{result['n_images']} images in both files; {Path(a.out) / 'compare.json'}")
+    return 0
