@@ -4,11 +4,15 @@
   folder, flush it to disk, rename it over the target. A reader (or a process killed
   mid-write) sees either the old file or the complete new one; a kill leaves at most a
   ``.<name>.*.tmp`` beside it, which :func:`remove_stale_temps` clears.
+* :func:`claim_folder` — the one way a command takes an output folder: it writes a
+  :data:`MARKER` file there, and ``--overwrite`` deletes only a folder holding the marker of
+  the same kind of output (a run folder, a bundle, ...), never a folder cxrkit did not make.
 * :func:`json_float` / :func:`strict_json` — strict JSON: NaN and infinities become ``null``
   (Python's ``json`` would write ``NaN``, which JSON parsers in browsers and other languages
   reject). :func:`write_json` writes strict JSON atomically.
 
-Pure standard library: every stage, and the torch-free evaluation, can use it.
+The standard library and :mod:`cxrkit.errors` only: every stage, and the torch-free
+evaluation, can use it.
 """
 
 from __future__ import annotations
@@ -16,11 +20,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from cxrkit.errors import UserError
+
+MARKER = ".cxrkit-output"  # {"made_by": "cxrkit", "kind": ..., "created": ...}
 TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files: ``.<name>.<random>.tmp``
 
 
@@ -84,3 +93,60 @@ def write_json(path: str | Path, value: Any) -> None:
     """``value`` as indented strict JSON (see :func:`strict_json`) with a final newline,
     atomically."""
     atomic_write_text(path, json.dumps(strict_json(value), indent=2) + "\n")
+
+
+# Folders cxrkit wrote before it wrote markers: kind -> (file, text it always holds).
+LEGACY = {
+    "prepared dataset": ("manifest.json", '"cxrkit-manifest/'),
+    "bundle": ("model_card.json", '"cxrkit-bundle/'),
+    "run folder": ("run.json", '"cxrkit": "'),
+    "demo folder": ("prepared/manifest.json", '"cxrkit-manifest/'),
+}
+
+
+def folder_kind(folder: Path) -> str | None:
+    """The kind of cxrkit output ``folder`` holds: from its :data:`MARKER`, or for a folder
+    written before markers existed from the file only that kind holds (:data:`LEGACY`)."""
+    try:
+        return str(json.loads((folder / MARKER).read_text())["kind"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    for kind, (name, text) in LEGACY.items():
+        path = folder / name
+        if path.is_file() and text in path.read_text(errors="replace")[:65536]:
+            return kind
+    return None
+
+
+def claim_folder(
+    folder: str | Path, kind: str, *, overwrite: bool = False, resume: bool = False
+) -> Path:
+    """Make ``folder`` the output folder of a ``kind`` of cxrkit output and mark it so.
+
+    A missing or empty folder is created and marked. A non-empty one is refused (UserError
+    naming it) unless it holds this ``kind``'s marker and either ``resume`` (its contents are
+    kept, e.g. an interrupted cache) or ``overwrite`` (it is deleted and made anew). A
+    non-empty folder without the marker, or with another kind's, is never deleted.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file; give a folder")
+    if folder.is_dir() and any(folder.iterdir()):
+        found = folder_kind(folder)
+        if found != kind:
+            what = f"a cxrkit {found}" if found else f"files cxrkit did not write (no {MARKER})"
+            raise UserError(
+                f"{folder} is not empty and holds {what}; --overwrite deletes only a {kind} "
+                "folder cxrkit made: choose another --out, or empty or remove it yourself"
+            )
+        if resume:
+            return folder
+        if not overwrite:
+            raise UserError(
+                f"{folder} already holds a {kind}; choose another --out or pass --overwrite"
+            )
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(folder / MARKER, {"made_by": "cxrkit", "kind": kind, "created": created})
+    return folder

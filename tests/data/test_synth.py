@@ -103,13 +103,18 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     out = tmp_path / "busy"
     out.mkdir()
     (out / "notes.txt").write_text("keep")
-    with pytest.raises(UserError, match="--overwrite") as error:
-        generate_dataset(out, n_patients=4, size=64, progress=False)
-    assert str(out) in str(error.value)
-    generate_dataset(out, n_patients=4, size=64, seed=3, overwrite=True, progress=False)
-    assert (out / "notes.txt").read_text() == "keep"
-    assert len((out / "Data_Entry_2017.csv").read_text().splitlines()) - 1 == len(
-        list((out / "images").iterdir())
+    for overwrite in (False, True):  # a folder cxrkit did not make is never replaced
+        with pytest.raises(UserError, match="--overwrite") as error:
+            generate_dataset(out, n_patients=4, size=64, progress=False, overwrite=overwrite)
+        assert str(out) in str(error.value) and "did not write" in str(error.value)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    ours = tmp_path / "phantom"
+    generate_dataset(ours, n_patients=4, size=64, progress=False)
+    with pytest.raises(UserError, match="already holds a phantom dataset"):
+        generate_dataset(ours, n_patients=4, size=64, progress=False)
+    generate_dataset(ours, n_patients=4, size=64, seed=3, overwrite=True, progress=False)
+    assert len((ours / "Data_Entry_2017.csv").read_text().splitlines()) - 1 == len(
+        list((ours / "images").iterdir())
     )
 
 

@@ -44,7 +44,13 @@ def _strict_json(text: str) -> dict:
 
 def test_bundle_files_and_card(bundle: Path, ckpt: Path) -> None:
     names = {p.name for p in bundle.iterdir()}
-    assert names == {"model_card.json", "model.safetensors", "model.onnx", "model.int8.onnx"}
+    assert names == {
+        "model_card.json",
+        "model.safetensors",
+        "model.onnx",
+        "model.int8.onnx",
+        ".cxrkit-output",  # the marker that lets --overwrite replace it
+    }
     card = _strict_json((bundle / "model_card.json").read_text())
     assert card["format"] == "cxrkit-bundle/1"
     keys = "findings backbone input_size normalization thresholds calibration val_metrics"
@@ -200,12 +206,19 @@ def test_bad_bundles_are_clear_errors(bundle: Path, ckpt: Path, tmp_path: Path) 
 def test_export_options_and_cli(bundle: Path, ckpt: Path, prepared: Path, tmp_path: Path) -> None:
     out = tmp_path / "plain"
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--no-onnx"]) == 0
-    assert {p.name for p in out.iterdir()} == {"model_card.json", "model.safetensors"}
+    assert {p.name for p in out.iterdir()} == {
+        "model_card.json",
+        "model.safetensors",
+        ".cxrkit-output",
+    }
     with pytest.raises(UserError, match="has no model.onnx"):
         Predictor.from_checkpoint(out, backend="onnx")
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match="already holds a bundle; .* --overwrite"):
         export_bundle(ckpt, out, onnx=False)
     export_bundle(ckpt, out, onnx=False, overwrite=True)
+    with pytest.raises(UserError, match="holds a cxrkit run folder"):  # not a bundle: kept
+        export_bundle(ckpt, ckpt.parent.parent, onnx=False, overwrite=True)
+    assert ckpt.is_file()
     with pytest.raises(UserError, match="drop --no-onnx"):
         export_bundle(ckpt, tmp_path / "q", onnx=False, quantize="dynamic")
     image = load_manifest(prepared).rows("test")["path"].iloc[0]

@@ -141,3 +141,52 @@ def test_bf16_and_tta_stay_close_to_fp32(trained: Path, images: list[Path]) -> N
     assert np.abs(probs["bf16"] - probs["fp32"]).max() < 0.01
     assert not np.allclose(probs["tta"], probs["fp32"])
     assert np.abs(probs["tta"] - probs["fp32"]).max() < 0.25
+
+
+def test_an_output_never_replaces_an_input_or_a_foreign_file(
+    predictor: Predictor, images: list[Path], tmp_path: Path
+) -> None:
+    victim = tmp_path / images[0].name
+    shutil.copy(images[0], victim)
+    before = victim.read_bytes()
+    with pytest.raises(UserError, match="is one of the input images"):
+        write_predictions(predictor, [victim], victim, overwrite=True, progress=False)
+    notes = tmp_path / "notes.csv"
+    notes.write_text("patient,comment\n1,keep me\n")
+    with pytest.raises(UserError, match="is not a cxrkit predictions CSV"):
+        write_predictions(predictor, images[:2], notes, overwrite=True, progress=False)
+    assert victim.read_bytes() == before
+    assert notes.read_text() == "patient,comment\n1,keep me\n"
+    out = tmp_path / "preds.csv"
+    write_predictions(predictor, images[:2], out, progress=False)
+    write_predictions(predictor, images[:3], out, overwrite=True, progress=False)  # its own CSV
+    assert len(pd.read_csv(out)) == 3
+
+
+def test_resume_after_a_kill_mid_row_and_retry_errors(
+    predictor: Predictor, images: list[Path], tmp_path: Path
+) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)
+    paths = [*images[:4], bad]
+    out = tmp_path / "preds.csv"
+    write_predictions(predictor, paths, out, progress=False)
+    full = pd.read_csv(out)
+    assert (full["status"] != "ok").sum() == 1
+    text = out.read_text()
+    out.write_text(text[: text.rindex(str(images[3]))] + str(images[3]) + ",images/x,o")  # kill
+    summary = write_predictions(predictor, paths, out, resume=True, progress=False)
+    resumed = pd.read_csv(out)
+    # the cut row and the one after it were redone, nothing else
+    assert (summary.ok, summary.failed, summary.skipped) == (1, 1, 3)
+    assert sorted(resumed["path"]) == sorted(map(str, paths))  # every image exactly once
+    pd.testing.assert_frame_equal(
+        resumed.sort_values("path").reset_index(drop=True),
+        full.sort_values("path").reset_index(drop=True),
+    )
+    bad.write_bytes(images[0].read_bytes())  # the broken file is fixed
+    summary = write_predictions(
+        predictor, paths, out, resume=True, retry_errors=True, progress=False
+    )
+    assert summary.ok == 1 and summary.failed == 0
+    assert (pd.read_csv(out)["status"] == "ok").all() and len(pd.read_csv(out)) == 5

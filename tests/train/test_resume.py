@@ -186,3 +186,19 @@ def test_resume_refuses_what_it_cannot_do(tmp_path: Path) -> None:
         resume(run, ["trainer.max_epochs=5"])
     assert main(["train", "--resume", str(run), "--out", str(tmp_path / "x")]) == 2
     assert main(["train", "--config", "demo"]) == 2  # --data and --out missing
+
+
+class _Payload:
+    """Stands for code a tampered checkpoint would run when unpickled."""
+
+
+def test_resume_reads_checkpoints_weights_only(tmp_path: Path) -> None:
+    import pickle
+
+    plain, code = tmp_path / "plain.ckpt", tmp_path / "code.ckpt"
+    torch.save({"epoch": 3, "state_dict": {"w": torch.ones(2)}}, plain)
+    torch.save({"epoch": 3, "payload": _Payload()}, code)
+    io = AtomicCheckpointIO()
+    assert io.load_checkpoint(plain)["epoch"] == 3
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        io.load_checkpoint(code, weights_only=False)  # whatever the caller asks

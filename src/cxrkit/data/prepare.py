@@ -8,7 +8,6 @@ write the manifest with a report of what was done: counts, missing and failed im
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,9 @@ from cxrkit.data.cache import build_cache
 from cxrkit.data.datasets.base import BASE_COLUMNS, get_dataset
 from cxrkit.data.manifest import HEADER_NAME, Manifest, load_manifest, write_manifest
 from cxrkit.data.preprocess import Clahe
-from cxrkit.data.splits import split_fingerprints, stratified_patient_split
+from cxrkit.data.splits import check_no_leakage, split_fingerprints, stratified_patient_split
 from cxrkit.errors import UserError
+from cxrkit.files import claim_folder
 
 
 @dataclass
@@ -102,19 +102,16 @@ def prepare(
     spec = get_dataset(dataset)
     out = Path(out)
     split = split or SplitPolicy()
-    if (out / HEADER_NAME).exists():
-        if not overwrite:
-            raise UserError(
-                f"{out} already holds a prepared dataset; pass --overwrite to replace it"
-            )
-        shutil.rmtree(out)
+    # An interrupted prepare (marked folder, no manifest yet) resumes its cache.
+    complete = (out / HEADER_NAME).exists()
+    claim_folder(out, "prepared dataset", overwrite=overwrite, resume=not complete)
     if size < 32:
         raise UserError(f"cache size must be at least 32 pixels, got {size}")
     parsed = spec.parse(root, **(options or {}))
     table = parsed.table.reset_index(drop=True)
     table["split"], split_desc = assign_splits(table, parsed.findings, split)
+    check_no_leakage(table)  # before hours of decoding, not after
     table["cache_index"] = np.arange(len(table))
-    out.mkdir(parents=True, exist_ok=True)
     built = build_cache(
         table["path"].tolist(),
         out / "cache",

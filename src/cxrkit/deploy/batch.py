@@ -6,7 +6,11 @@ a ``.txt`` or ``.csv`` list). Images are decoded and letterboxed in low-priority
 with its error and the run goes on. Rows are flushed batch by batch, so an interrupted run
 keeps what it wrote and ``--resume`` continues without redoing or duplicating rows.
 
-CSV columns: ``path, image_id, status`` (``ok`` or ``error: <reason>``), [requested DICOM tags],
+CSV columns: ``path``, ``image_id`` (the path relative to the source root, ``/``-separated:
+``patient1/study1/view1_frontal.jpg``, so that images with the same file name in different
+folders stay apart), ``status`` (``ok`` or ``error: <reason>``), ``modality`` (a DICOM's
+Modality, e.g. ``DX``; empty for PNG/JPEG; a DICOM that is not a radiograph is an error row
+unless allowed), [requested DICOM tags],
 ``prob_<finding>`` (calibrated when the model card has a calibration), ``call_<finding>``
 (0/1 at the card's thresholds), ``findings`` (the positive ones, ``|``-separated).
 No patient identifier is written unless asked for with ``dicom_tags``.
@@ -16,18 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import itertools
 import os
 import sys
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -36,8 +40,9 @@ from cxrkit.data.preprocess import Clahe, prepare_image
 from cxrkit.deploy.backends import usable_cores
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.errors import UserError
+from cxrkit.files import atomic_write_text
 from cxrkit.io.images import read_xray
-from cxrkit.io.xray import ImageReadError
+from cxrkit.io.xray import RADIOGRAPH_MODALITIES, ImageReadError
 
 
 @dataclass
@@ -48,24 +53,35 @@ class Item:
     pixels: np.ndarray | None
     error: str | None
     tags: dict[str, str] = field(default_factory=dict)
+    modality: str | None = None
 
 
 class _Decode(Dataset):
-    """Reads and letterboxes image ``i`` (in a worker process when the loader has workers)."""
+    """Reads and letterboxes image ``i`` (in a worker process when the loader has workers);
+    DICOMs of a modality outside ``modalities`` are refused (None: any)."""
 
-    def __init__(self, paths: Sequence[Path], size: int, clahe: Clahe | None, tags: Sequence[str]):
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        size: int,
+        clahe: Clahe | None,
+        tags: Sequence[str],
+        modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
+    ):
         self.paths, self.size, self.clahe, self.tags = list(paths), size, clahe, tuple(tags)
+        self.modalities = modalities
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Item:
         try:
-            xray = read_xray(self.paths[i])
+            xray = read_xray(self.paths[i], modalities=self.modalities)
         except ImageReadError as err:
             return Item(i, None, err.reason)
         tags = _dicom_tags(self.paths[i], self.tags) if self.tags and xray.format == "DICOM" else {}
-        return Item(i, prepare_image(xray.pixels, self.size, self.clahe)[None], None, tags)
+        pixels = prepare_image(xray.pixels, self.size, self.clahe)[None]
+        return Item(i, pixels, None, tags, xray.modality)
 
 
 def _dicom_tags(path: Path, names: Sequence[str]) -> dict[str, str]:
@@ -83,6 +99,7 @@ class Prediction:
     probs: np.ndarray | None
     error: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    modality: str | None = None  # the DICOM Modality; None for PNG/JPEG and unread files
 
 
 def predict_paths(
@@ -92,10 +109,12 @@ def predict_paths(
     workers: int = 0,
     dicom_tags: Sequence[str] = (),
     progress: bool = False,
+    modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
 ) -> Iterator[Prediction]:
     """Predictions for ``paths`` in order; decoding runs ahead of the model (see
-    :func:`decoded_batches`)."""
-    dataset = _Decode(paths, predictor.letterbox_size, predictor.clahe, dicom_tags)
+    :func:`decoded_batches`). A DICOM of a modality outside ``modalities`` (None: any) gets
+    an error naming its modality."""
+    dataset = _Decode(paths, predictor.letterbox_size, predictor.clahe, dicom_tags, modalities)
     bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress)
     with bar:
         for items in decoded_batches(dataset, predictor.batch_size, workers):
@@ -107,7 +126,8 @@ def predict_paths(
             )
             by_index = {it.index: p for it, p in zip(good, probs, strict=True)}
             for it in items:
-                yield Prediction(str(paths[it.index]), by_index.get(it.index), it.error, it.tags)
+                path, probs = str(paths[it.index]), by_index.get(it.index)
+                yield Prediction(path, probs, it.error, it.tags, it.modality)
             bar.update(len(items))
 
 
@@ -178,6 +198,64 @@ def decoded_batches(
             yield batch
 
 
+def check_output(out_csv: Path, paths: Sequence[Path]) -> None:
+    """Refuse an ``out_csv`` that is one of the input images, or an existing file that is not
+    a cxrkit predictions CSV (an output never replaces an input or a file cxrkit did not
+    write, whatever ``--overwrite`` says)."""
+    target = out_csv.resolve()
+    if any(Path(p).name == target.name and Path(p).resolve() == target for p in paths):
+        raise UserError(f"--out {out_csv} is one of the input images; write the CSV elsewhere")
+    if out_csv.is_dir():
+        raise UserError(f"--out {out_csv} is a folder; give a .csv file path")
+    if out_csv.is_file():
+        with out_csv.open("rb") as fh:
+            first = fh.readline(4096)
+        if not first.startswith(b"path,image_id,status"):
+            raise UserError(
+                f"{out_csv} exists and is not a cxrkit predictions CSV (its first line is not "
+                "'path,image_id,status,...'); refusing to replace or extend it"
+            )
+
+
+def resume_rows(out_csv: Path, header: list[str], *, retry_errors: bool = False) -> set[str]:
+    """The paths already predicted in ``out_csv``, after making it whole: a half-written last
+    row (a kill mid-write) is dropped so that its image is predicted again, and with
+    ``retry_errors`` so are the error rows. The file is rewritten atomically when changed."""
+    with out_csv.open(newline="") as fh:
+        text = fh.read()
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    if not rows or rows[0] != header:
+        raise UserError(
+            f"{out_csv} was written with other columns (another model or --dicom-tags); "
+            "resume into the same settings or a new file"
+        )
+    body = rows[1:]
+    if text and not text.endswith("\n"):
+        body = body[:-1]  # the row a kill cut short
+    body = [r for r in body if len(r) == len(header)]
+    if retry_errors:
+        body = [r for r in body if r[2] == "ok"]
+    if len(body) != len(rows) - 1:
+        buffer = io.StringIO(newline="")
+        csv.writer(buffer).writerows([header, *body])
+        atomic_write_text(out_csv, buffer.getvalue())
+    return {r[0] for r in body}
+
+
+def common_folder(paths: Sequence[Path]) -> Path:
+    """The deepest folder that holds every one of ``paths`` (``.`` for none)."""
+    folders = [os.path.abspath(Path(p).parent) for p in paths]
+    return Path(os.path.commonpath(folders)) if folders else Path(".")
+
+
+def image_id_of(path: str | Path, root: Path) -> str:
+    """``path`` relative to ``root`` with ``/`` separators; ``path`` itself when outside it."""
+    absolute, base = Path(os.path.abspath(path)), Path(os.path.abspath(root))
+    if absolute.is_relative_to(base):
+        return absolute.relative_to(base).as_posix()
+    return Path(path).as_posix()
+
+
 @dataclass
 class InferSummary:
     ok: int
@@ -195,29 +273,34 @@ def write_predictions(
     overwrite: bool = False,
     dicom_tags: Sequence[str] = (),
     progress: bool = True,
+    root: str | Path | None = None,
+    retry_errors: bool = False,
+    modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
 ) -> InferSummary:
-    """Stream one CSV row per image to ``out_csv`` (columns in the module docstring)."""
+    """Stream one CSV row per image to ``out_csv`` (columns in the module docstring).
+
+    ``root``: the folder image ids are relative to; None: the deepest folder holding all
+    ``paths``. A path outside ``root`` keeps its own path as its id. ``resume`` continues a
+    CSV this function wrote (:func:`resume_rows`; ``retry_errors`` redoes its error rows);
+    ``overwrite`` replaces only such a CSV, and never one of the inputs (:func:`check_output`).
+    """
     out_csv = Path(out_csv)
+    base = Path(root) if root is not None else common_folder(paths)
     names = predictor.findings
     header = [
         "path",
         "image_id",
         "status",
+        "modality",
         *dicom_tags,
         *(f"prob_{f}" for f in names),
         *(f"call_{f}" for f in names),
         "findings",
     ]
+    check_output(out_csv, paths)
     done: set[str] = set()
     if out_csv.exists() and resume:
-        existing = pd.read_csv(out_csv, dtype=str, usecols=lambda c: c in ("path",))
-        done = set(existing["path"]) if "path" in existing else set()
-        with out_csv.open() as fh:
-            if next(csv.reader(fh), []) != header:
-                raise UserError(
-                    f"{out_csv} was written with other columns (another model or "
-                    "--dicom-tags); resume into the same settings or a new file"
-                )
+        done = resume_rows(out_csv, header, retry_errors=retry_errors)
     elif out_csv.exists() and not overwrite:
         raise UserError(f"{out_csv} exists; pass --resume to continue it or --overwrite")
     todo = [p for p in paths if str(p) not in done]
@@ -229,11 +312,16 @@ def write_predictions(
             writer.writerow(header)
         for k, pred in enumerate(
             predict_paths(
-                predictor, todo, workers=workers, dicom_tags=dicom_tags, progress=progress
+                predictor,
+                todo,
+                workers=workers,
+                dicom_tags=dicom_tags,
+                progress=progress,
+                modalities=modalities,
             )
         ):
             tags = [pred.tags.get(t, "") for t in dicom_tags]
-            image_id = os.path.basename(pred.path)
+            image_id = image_id_of(pred.path, base)
             if pred.probs is None:
                 n_failed += 1
                 writer.writerow(
@@ -241,6 +329,7 @@ def write_predictions(
                         pred.path,
                         image_id,
                         f"error: {pred.error}",
+                        pred.modality or "",
                         *tags,
                         *[""] * (2 * len(names) + 1),
                     ]
@@ -254,6 +343,7 @@ def write_predictions(
                         pred.path,
                         image_id,
                         "ok",
+                        pred.modality or "",
                         *tags,
                         *(f"{p:.6f}" for p in pred.probs),
                         *(int(c) for c in calls),

@@ -17,7 +17,6 @@ Load a bundle with :func:`cxrkit.models.checkpoint.load_model`; predict with
 from __future__ import annotations
 
 import platform
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from cxrkit.deploy.quantize import (
     quantize_onnx,
 )
 from cxrkit.errors import UserError, did_you_mean
-from cxrkit.files import write_json
+from cxrkit.files import claim_folder, write_json
 from cxrkit.models.checkpoint import (
     BUNDLE_CARD,
     BUNDLE_FORMAT,
@@ -166,13 +165,7 @@ def export_onnx(
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:
-    """Create ``out``; a non-empty folder is replaced only with ``overwrite``."""
+    """Create and mark ``out``; ``overwrite`` replaces only a bundle cxrkit made."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the bundle")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(
-                f"{out} already exists and is not empty; choose another --out or pass --overwrite"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "bundle", overwrite=overwrite)

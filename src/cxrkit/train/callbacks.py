@@ -40,7 +40,15 @@ from cxrkit.train.run_folder import keep_rows
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint writer, atomic on any local filesystem; a full disk is a
-    :class:`UserError` that says the previous checkpoint is intact."""
+    :class:`UserError` that says the previous checkpoint is intact. Reading back (``train
+    --resume``) is always ``torch.load(weights_only=True)``: a checkpoint is data, never code."""
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        return super().load_checkpoint(
+            path, map_location=map_location or (lambda storage, loc: storage), weights_only=True
+        )
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None

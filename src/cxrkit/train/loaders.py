@@ -34,6 +34,7 @@ from cxrkit.data.manifest import Manifest
 from cxrkit.errors import UserError, did_you_mean
 from cxrkit.train.augment import augment_uint8
 from cxrkit.train.config import AugmentConfig
+from cxrkit.train.rules import COMBINE_MODES, SAMPLERS
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,6 @@ class LoaderAugment:
         # Seeded from torch's RNG, which Lightning seeds per worker: reproducible runs.
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, ()).item()))
         return augment_uint8(images, self.size, self.cfg, rng)
-
-
-SAMPLERS = ("random", "weighted")
 
 
 def sample_weights(labels: np.ndarray) -> np.ndarray:
@@ -229,8 +227,8 @@ def combine(
     keeping only findings with at least one positive training image (a warning names the
     others).
     """
-    if mode not in ("union", "intersection"):
-        raise UserError(f"data.combine must be 'union' or 'intersection', got {mode!r}")
+    if mode not in COMBINE_MODES:
+        raise did_you_mean(mode, COMBINE_MODES, what="data.combine")
     sets = [m.findings for m in manifests]
     if mode == "union":
         available = list(dict.fromkeys(f for s in sets for f in s))

@@ -33,13 +33,13 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 from torch import nn
 
 from cxrkit.errors import UserError, did_you_mean
-from cxrkit.files import atomic_write_text, json_float
+from cxrkit.files import atomic_write_text, claim_folder, folder_kind, json_float
 from cxrkit.train.config import TrainConfig, config_to_dict
+from cxrkit.train.rules import LOGGERS
 
 CONFIG, RUN_JSON, METRICS_JSON, EPOCHS_CSV = "config.yaml", "run.json", "metrics.json", "epochs.csv"
 CHECKPOINTS, LAST, BEST = "checkpoints", "last.ckpt", "best.ckpt"
 PACKAGES = ("cxrkit", "torch", "torchvision", "timm", "lightning", "numpy", "mlflow")
-LOGGERS = ("tensorboard", "mlflow", "none")
 
 
 def check_writable(out: Path) -> None:
@@ -53,16 +53,19 @@ def check_writable(out: Path) -> None:
         raise UserError(f"cannot write to run folder {out}: {err.strerror}") from None
 
 
+RUN_KIND = "run folder"  # the kind in its cxrkit.files.MARKER
+
+
 def prepare_run_dir(out: Path, overwrite: bool) -> None:
-    """Create ``out``; refuse to overwrite a non-empty folder unless asked; check writability."""
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(
-                f"run folder {out} already exists and is not empty; choose another --out, "
-                f"pass --overwrite, or continue it with `cxrkit train --resume {out}`"
-            )
-        shutil.rmtree(out)
+    """Create and mark ``out`` (:func:`cxrkit.files.claim_folder`: ``--overwrite`` replaces
+    only a run folder cxrkit made); check writability."""
+    if out.is_dir() and any(out.iterdir()) and not overwrite and folder_kind(out) == RUN_KIND:
+        raise UserError(
+            f"run folder {out} already exists; choose another --out, pass --overwrite, "
+            f"or continue it with `cxrkit train --resume {out}`"
+        )
     check_writable(out)
+    claim_folder(out, RUN_KIND, overwrite=overwrite)
 
 
 def checkpoint_bytes(model: nn.Module) -> int:

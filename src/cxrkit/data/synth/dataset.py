@@ -12,7 +12,6 @@ seed whatever the number of worker processes.
 from __future__ import annotations
 
 import multiprocessing
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from cxrkit.data.synth.phantom import (
     smooth,
 )
 from cxrkit.errors import UserError
+from cxrkit.files import claim_folder
 
 DATA_ENTRY = "Data_Entry_2017.csv"
 BBOX_LIST = "BBox_List_2017.csv"
@@ -287,17 +287,7 @@ def _init_worker() -> None:
 def _prepare(out: Path, overwrite: bool) -> None:
     """Make ``out`` ready: refuse a non-empty folder unless ``overwrite``, then remove what a
     previous run wrote (other files are left alone)."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output path {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(
-                f"output folder {out} exists and is not empty; "
-                "pass --overwrite to replace its dataset"
-            )
-        shutil.rmtree(out / "images", ignore_errors=True)
-        for name in (DATA_ENTRY, BBOX_LIST, *SPLITS):
-            (out / name).unlink(missing_ok=True)
+    claim_folder(out, "phantom dataset", overwrite=overwrite)
     (out / "images").mkdir(parents=True, exist_ok=True)
 
 
