@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import pandas as pd
+from pydicom.dataset import Dataset
 
 from cxrkit.data.datasets.uncertainty import LABELER_COLUMNS
 from cxrkit.data.labels import NO_FINDING
@@ -64,3 +67,10 @@ def fake_chexpert(root: Path, *, prefix: str = "CheXpert-v1.0-small") -> Path:
     valid.to_csv(root / "valid.csv", index=False)
     write_images(root, [p.split("/", 1)[1] for p in train_paths + valid_paths])
     return root
+
+
+def dicom_bytes(ds: Dataset, **kwargs: Any) -> bytes:
+    """``ds`` as the bytes of a DICOM file (``save_as`` options in ``kwargs``)."""
+    buf = io.BytesIO()
+    ds.save_as(buf, **(kwargs or {"enforce_file_format": True}))
+    return buf.getvalue()

@@ -101,6 +101,9 @@ LEGACY = {
     "bundle": ("model_card.json", '"cxrkit-bundle/'),
     "run folder": ("run.json", '"cxrkit": "'),
     "demo folder": ("prepared/manifest.json", '"cxrkit-manifest/'),
+    "evaluation": ("metrics.json", '"cxrkit": "'),
+    "comparison": ("compare.json", '"per_class"'),
+    "localisation": ("localization.json", '"methods"'),
 }
 
 

@@ -137,3 +137,20 @@ def test_subgroup_table_and_largest_gap() -> None:
     }
     with pytest.raises(UserError, match="no such column"):
         subgroups(table, y, s, classes=["Effusion"], by=["ethnicity"])
+
+
+def test_eval_writes_into_its_own_folder_never_over_other_files(
+    prepared: Path, tmp_path: Path
+) -> None:
+    peer = _peer_predictions(prepared, tmp_path, signal=0.5, seed=0)
+    options = EvalOptions(n_boot=0, report=False, calibration="none")
+    theirs = tmp_path / "results"
+    theirs.mkdir()
+    (theirs / "metrics.json").write_text('{"mine": 1}')
+    with pytest.raises(UserError, match="files cxrkit did not write"):
+        evaluate_predictions(peer, prepared, theirs, options=options)
+    assert json.loads((theirs / "metrics.json").read_text()) == {"mine": 1}
+    ours = tmp_path / "ev"
+    evaluate_predictions(peer, prepared, ours, options=options)
+    evaluate_predictions(peer, prepared, ours, options=options)  # again: its own files
+    assert json.loads((ours / "metrics.json").read_text())["n_images"] > 0

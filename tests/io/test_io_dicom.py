@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from fakes import dicom_bytes as to_bytes
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_windowing
@@ -40,12 +40,6 @@ def make_ds(arr: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12, *
     for key, value in attrs.items():
         setattr(ds, key, value)
     return ds
-
-
-def to_bytes(ds: Dataset, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, **(kwargs or {"enforce_file_format": True}))
-    return buf.getvalue()
 
 
 def read_ds(ds: Dataset, tmp_path: Path, **kwargs):

@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from fakes import dicom_bytes as to_bytes
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -39,12 +39,6 @@ def make_ds(arr: np.ndarray | None = RAMP, sop: str = DX, **attrs) -> Dataset:
     for key, value in attrs.items():
         setattr(ds, key, value)
     return ds
-
-
-def to_bytes(ds: Dataset, **kwargs) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, **(kwargs or {"enforce_file_format": True}))
-    return buf.getvalue()
 
 
 def read(ds: Dataset, tmp_path: Path, **kwargs):

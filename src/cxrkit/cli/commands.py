@@ -65,6 +65,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
         split=SplitPolicy(val_fraction=a.val_fraction, test_fraction=a.test_fraction, seed=a.seed),
         options={k[4:]: v for k, v in vars(a).items() if k.startswith("opt_")},
         clahe=Clahe(clip_limit=a.clahe) if a.clahe else None,
+        modalities=allowed_modalities(a.allow_modality),
     )
     h = m.header
     print(f"prepared {h['counts']['prepared']} images of {h['dataset']} into {m.folder}")

@@ -33,6 +33,17 @@ from cxrkit.cli.evaluate import add_evaluate_parsers
 from cxrkit.errors import UserError
 
 
+def add_allow_modality(s: argparse.ArgumentParser) -> None:
+    """``--allow-modality`` (``infer``, ``prepare``): DICOM modalities read beyond radiographs."""
+    s.add_argument(
+        "--allow-modality",
+        default="",
+        metavar="CODES",
+        help="also read DICOMs of these modalities, e.g. OT,MG, or 'any' (default: only "
+        "radiographs, CR/DX/DR/RG; a CT, MR, US, ... file is an error naming its modality)",
+    )
+
+
 def add_dataset_parsers(prepare: argparse.ArgumentParser, cpus: int) -> None:
     """One ``prepare <dataset>`` sub-command per registered dataset, with its own options."""
     from cxrkit.data.datasets.base import list_datasets
@@ -65,6 +76,7 @@ def add_dataset_parsers(prepare: argparse.ArgumentParser, cpus: int) -> None:
             help="bake CLAHE with this clip limit (e.g. 2.0) into the cache; models trained on "
             "it apply the same at inference",
         )
+        add_allow_modality(s)
         for opt in spec.options:
             s.add_argument(
                 f"--{opt.name}",
@@ -192,13 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--retry-errors", action="store_true", help="with --resume: redo the rows that failed"
     )
-    s.add_argument(
-        "--allow-modality",
-        default="",
-        metavar="CODES",
-        help="also read DICOMs of these modalities, e.g. OT,MG, or 'any' (default: only "
-        "radiographs, CR/DX/DR/RG; a CT, MR, US, ... file gets an error row saying so)",
-    )
+    add_allow_modality(s)
     s.add_argument(
         "--overwrite",
         action="store_true",

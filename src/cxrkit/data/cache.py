@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing as mp
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from cxrkit.data.preprocess import Clahe, prepare_image
 from cxrkit.errors import UserError
 from cxrkit.files import write_json
 from cxrkit.io.images import read_xray
-from cxrkit.io.xray import ImageReadError
+from cxrkit.io.xray import RADIOGRAPH_MODALITIES, ImageReadError
 
 TODO, DONE, FAILED = 0, 1, 2
 _CHUNK = 64
@@ -62,18 +62,19 @@ def open_cache(file: str | Path, n: int, size: int) -> np.memmap:
     return np.memmap(file, dtype=np.uint8, mode="r", shape=(n, size, size))
 
 
-_Task = tuple[str, str, int, int, "Clahe | None", list[tuple[int, str]]]
+_Task = tuple[str, str, int, int, "Clahe | None", "tuple[str, ...] | None", list[tuple[int, str]]]
 
 
 def _work(args: _Task) -> list[tuple[int, str | None]]:
     """Decode a chunk of images into their slots; return (slot, error or None) for each."""
-    data_file, state_file, n, size, clahe, items = args
+    data_file, state_file, n, size, clahe, modalities, items = args
     data = np.memmap(data_file, dtype=np.uint8, mode="r+", shape=(n, size, size))
     state = np.memmap(state_file, dtype=np.uint8, mode="r+", shape=(n,))
     results: list[tuple[int, str | None]] = []
     for slot, path in items:
         try:
-            data[slot] = prepare_image(read_xray(path).pixels, size, clahe)
+            pixels = read_xray(path, modalities=modalities).pixels
+            data[slot] = prepare_image(pixels, size, clahe)
             state[slot] = DONE
             results.append((slot, None))
         except ImageReadError as err:
@@ -92,8 +93,10 @@ def build_cache(
     workers: int = 1,
     progress: bool = True,
     clahe: Clahe | None = None,
+    modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
 ) -> CacheBuild:
     """Decode ``paths`` into the cache (slot ``i`` holds ``paths[i]``), resuming if possible.
+    A DICOM of a modality outside ``modalities`` (None: any) fails with the reason.
 
     A build resumes only when the same paths, size and CLAHE settings were being cached
     (recorded in ``images_<size>.json``). A file that cannot be read never stops the build: its
@@ -132,6 +135,7 @@ def build_cache(
             n,
             size,
             clahe,
+            None if modalities is None else tuple(modalities),
             [(i, str(paths[i])) for i in todo[k : k + _CHUNK]],
         )
         for k in range(0, len(todo), _CHUNK)

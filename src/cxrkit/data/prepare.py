@@ -8,6 +8,7 @@ write the manifest with a report of what was done: counts, missing and failed im
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from cxrkit.data.preprocess import Clahe
 from cxrkit.data.splits import check_no_leakage, split_fingerprints, stratified_patient_split
 from cxrkit.errors import UserError
 from cxrkit.files import claim_folder
+from cxrkit.io.xray import RADIOGRAPH_MODALITIES
 
 
 @dataclass
@@ -90,6 +92,7 @@ def prepare(
     progress: bool = True,
     options: dict[str, Any] | None = None,
     clahe: Clahe | None = None,
+    modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
 ) -> Manifest:
     """Prepare ``root`` (a raw ``dataset`` folder) into ``out``; returns the loaded manifest.
 
@@ -119,6 +122,7 @@ def prepare(
         workers=workers,
         progress=progress,
         clahe=clahe,
+        modalities=modalities,
     )
     failed = table.loc[list(built.failures)].assign(reason=list(built.failures.values()))
     failed[["image_id", "path", "reason"]].to_csv(out / "failed_images.csv", index=False)

@@ -18,7 +18,7 @@ from cxrkit.errors import UserError
 from cxrkit.evaluate.bootstrap import paired_auroc_difference
 from cxrkit.evaluate.delong import delong_test
 from cxrkit.evaluate.predictions import load_labels, match, read_predictions, split_rows
-from cxrkit.files import json_float, write_json
+from cxrkit.files import claim_folder, json_float, write_json
 
 
 def compare(
@@ -96,6 +96,6 @@ def compare(
         "per_class": rows,
     }
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "comparison", resume=True)
     write_json(out / "compare.json", result)
     return result

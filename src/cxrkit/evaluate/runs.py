@@ -25,7 +25,7 @@ from cxrkit.evaluate.calibration import Calibrator, compare_methods, fit_calibra
 from cxrkit.evaluate.predictions import load_labels, match, read_predictions, split_rows
 from cxrkit.evaluate.results import evaluate, per_class_table, subgroups
 from cxrkit.evaluate.thresholds import FALLBACK_THRESHOLD, check_method, tune_thresholds
-from cxrkit.files import write_json
+from cxrkit.files import claim_folder, write_json
 
 CALIBRATIONS = ("none", "auto", "temperature", "platt", "isotonic")
 
@@ -101,7 +101,7 @@ def _finish(
     raw: np.ndarray | None,
     options: EvalOptions,
 ) -> EvalResult:
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "evaluation", resume=True)  # its files are replaced, no one else's
     metrics["versions"] = {
         "cxrkit": __version__,
         "python": platform.python_version(),

@@ -36,6 +36,7 @@ from cxrkit.deploy.sources import resolve_sources
 from cxrkit.errors import UserError, did_you_mean
 from cxrkit.explain.grid import CellCentres, cell_centres, place_grid
 from cxrkit.explain.layers import CamLayer, cam_layers
+from cxrkit.files import claim_folder
 from cxrkit.io.geometry import letterbox_geometry
 from cxrkit.io.images import read_xray
 from cxrkit.io.xray import ImageReadError
@@ -257,6 +258,7 @@ def cam_folder(
         raise UserError(f"--image {source} does not exist")
     resolve_method(method)
     paths = resolve_sources(source)
+    claim_folder(out_dir, "cam overlays", resume=True)  # overlays replace only overlays
     result = FolderResult()
     for path in tqdm(paths, desc=f"cam ({method})", unit="img", disable=not progress):
         name = str(path.relative_to(source).with_suffix("")) if source.is_dir() else path.stem

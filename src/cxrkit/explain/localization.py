@@ -34,7 +34,7 @@ from cxrkit.deploy.sources import resolve_sources
 from cxrkit.errors import UserError
 from cxrkit.explain.cam import cam_targets, heatmaps, resolve_method
 from cxrkit.explain.layers import CamLayer, describe_layers
-from cxrkit.files import write_json
+from cxrkit.files import claim_folder, write_json
 from cxrkit.io.images import read_xray
 from cxrkit.io.xray import ImageReadError
 
@@ -263,7 +263,7 @@ def write_localization(
 ) -> Path:
     """Write ``localization.json`` (``settings`` + summary) and ``per_image.csv``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_folder(out, "localisation", resume=True)
     result.per_image.to_csv(out / "per_image.csv", index=False)
     path = out / "localization.json"
     layers = [{"name": layer.name, "grid": list(layer.grid)} for layer in result.layers]
