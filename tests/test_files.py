@@ -21,8 +21,8 @@ from cxrkit.files import (
 
 
 def test_claim_folder_marks_new_and_empty_folders(tmp_path: Path) -> None:
-    made = claim_folder(tmp_path / "a" / "run", "run folder")
-    assert folder_kind(made) == "run folder"
+    made = claim_folder(tmp_path / "a" / "run", "run")
+    assert folder_kind(made) == "run"
     assert json.loads((made / MARKER).read_text())["made_by"] == "cxrkit"
     (tmp_path / "empty").mkdir()
     assert folder_kind(claim_folder(tmp_path / "empty", "bundle")) == "bundle"
@@ -33,18 +33,18 @@ def test_overwrite_deletes_only_a_folder_cxrkit_made_of_that_kind(tmp_path: Path
     thesis.mkdir()
     (thesis / "chapter1.tex").write_text("years of work")
     with pytest.raises(UserError, match=r"thesis is not empty and holds files cxrkit did not"):
-        claim_folder(thesis, "run folder", overwrite=True)
+        claim_folder(thesis, "run", overwrite=True)
     assert (thesis / "chapter1.tex").read_text() == "years of work"
 
-    run = claim_folder(tmp_path / "run", "run folder")
+    run = claim_folder(tmp_path / "run", "run")
     (run / "last.ckpt").write_text("x")
-    with pytest.raises(UserError, match="already holds a run folder; .* --overwrite"):
-        claim_folder(run, "run folder")
-    with pytest.raises(UserError, match="holds a cxrkit run folder; --overwrite deletes only a"):
+    with pytest.raises(UserError, match="already holds a cxrkit run; .* --overwrite"):
+        claim_folder(run, "run")
+    with pytest.raises(UserError, match="holds a cxrkit run folder; cxrkit replaces only a"):
         claim_folder(run, "prepared dataset", overwrite=True)  # another kind: kept
     assert (run / "last.ckpt").exists()
-    claim_folder(run, "run folder", overwrite=True)
-    assert not (run / "last.ckpt").exists() and folder_kind(run) == "run folder"
+    claim_folder(run, "run", overwrite=True)
+    assert not (run / "last.ckpt").exists() and folder_kind(run) == "run"
 
 
 def test_resume_keeps_a_marked_folder_and_legacy_folders_are_recognised(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@
   ``.<name>.*.tmp`` beside it, which :func:`remove_stale_temps` clears.
 * :func:`claim_folder` — the one way a command takes an output folder: it writes a
   :data:`MARKER` file there, and ``--overwrite`` deletes only a folder holding the marker of
-  the same kind of output (a run folder, a bundle, ...), never a folder cxrkit did not make.
+  the same kind of output (a run, a bundle, ...), never a folder cxrkit did not make.
 * :func:`json_float` / :func:`strict_json` — strict JSON: NaN and infinities become ``null``
   (Python's ``json`` would write ``NaN``, which JSON parsers in browsers and other languages
   reject). :func:`write_json` writes strict JSON atomically.
@@ -23,13 +23,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from cxrkit.errors import UserError
 
-MARKER = ".cxrkit-output"  # {"made_by": "cxrkit", "kind": ..., "created": ...}
+MARKER = ".cxrkit-output"  # {"made_by": "cxrkit", "kind": ...}
 TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files: ``.<name>.<random>.tmp``
 
 
@@ -99,8 +98,8 @@ def write_json(path: str | Path, value: Any) -> None:
 LEGACY = {
     "prepared dataset": ("manifest.json", '"cxrkit-manifest/'),
     "bundle": ("model_card.json", '"cxrkit-bundle/'),
-    "run folder": ("run.json", '"cxrkit": "'),
-    "demo folder": ("prepared/manifest.json", '"cxrkit-manifest/'),
+    "run": ("run.json", '"cxrkit": "'),
+    "demo": ("prepared/manifest.json", '"cxrkit-manifest/'),
     "evaluation": ("metrics.json", '"cxrkit": "'),
     "comparison": ("compare.json", '"per_class"'),
     "localisation": ("localization.json", '"methods"'),
@@ -137,19 +136,21 @@ def claim_folder(
     if folder.is_dir() and any(folder.iterdir()):
         found = folder_kind(folder)
         if found != kind:
-            what = f"a cxrkit {found}" if found else f"files cxrkit did not write (no {MARKER})"
+            what = (
+                f"a cxrkit {found} folder" if found else f"files cxrkit did not write (no {MARKER})"
+            )
             raise UserError(
-                f"{folder} is not empty and holds {what}; --overwrite deletes only a {kind} "
-                "folder cxrkit made: choose another --out, or empty or remove it yourself"
+                f"{folder} is not empty and holds {what}; cxrkit replaces only a cxrkit {kind} "
+                "folder: choose another --out, or empty or remove it yourself"
             )
         if resume:
             return folder
         if not overwrite:
             raise UserError(
-                f"{folder} already holds a {kind}; choose another --out or pass --overwrite"
+                f"{folder} already holds a cxrkit {kind}; choose another --out or pass --overwrite"
             )
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_json(folder / MARKER, {"made_by": "cxrkit", "kind": kind, "created": created})
+    # No timestamp: the same command writes the same bytes (synth's same seed, same bytes).
+    write_json(folder / MARKER, {"made_by": "cxrkit", "kind": kind})
     return folder

@@ -104,13 +104,13 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     out.mkdir()
     (out / "notes.txt").write_text("keep")
     for overwrite in (False, True):  # a folder cxrkit did not make is never replaced
-        with pytest.raises(UserError, match="--overwrite") as error:
+        with pytest.raises(UserError, match="choose another --out") as error:
             generate_dataset(out, n_patients=4, size=64, progress=False, overwrite=overwrite)
         assert str(out) in str(error.value) and "did not write" in str(error.value)
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
     ours = tmp_path / "phantom"
     generate_dataset(ours, n_patients=4, size=64, progress=False)
-    with pytest.raises(UserError, match="already holds a phantom dataset"):
+    with pytest.raises(UserError, match="already holds a cxrkit phantom dataset"):
         generate_dataset(ours, n_patients=4, size=64, progress=False)
     generate_dataset(ours, n_patients=4, size=64, seed=3, overwrite=True, progress=False)
     assert len((ours / "Data_Entry_2017.csv").read_text().splitlines()) - 1 == len(

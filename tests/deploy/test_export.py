@@ -213,7 +213,7 @@ def test_export_options_and_cli(bundle: Path, ckpt: Path, prepared: Path, tmp_pa
     }
     with pytest.raises(UserError, match="has no model.onnx"):
         Predictor.from_checkpoint(out, backend="onnx")
-    with pytest.raises(UserError, match="already holds a bundle; .* --overwrite"):
+    with pytest.raises(UserError, match="already holds a cxrkit bundle; .* --overwrite"):
         export_bundle(ckpt, out, onnx=False)
     export_bundle(ckpt, out, onnx=False, overwrite=True)
     with pytest.raises(UserError, match="holds a cxrkit run folder"):  # not a bundle: kept

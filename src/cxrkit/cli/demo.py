@@ -52,7 +52,7 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns the test metrics dict and prints the results table."""
     out = Path(out)
-    claim_folder(out, "demo folder", overwrite=overwrite)
+    claim_folder(out, "demo", overwrite=overwrite)
     overrides = [] if epochs is None else [f"trainer.max_epochs={epochs}"]
     config = load_config(resolve_recipe("demo"), overrides)
     timings: dict[str, float] = {}

@@ -53,7 +53,7 @@ def check_writable(out: Path) -> None:
         raise UserError(f"cannot write to run folder {out}: {err.strerror}") from None
 
 
-RUN_KIND = "run folder"  # the kind in its cxrkit.files.MARKER
+RUN_KIND = "run"  # the kind in its cxrkit.files.MARKER
 
 
 def prepare_run_dir(out: Path, overwrite: bool) -> None:
