@@ -150,7 +150,10 @@ def claim_folder(
                 f"{folder} already holds a cxrkit {kind}; choose another --out or pass --overwrite"
             )
         shutil.rmtree(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError, PermissionError) as err:
+        raise UserError(f"cannot create --out {folder}: {err.strerror or err}") from None
     # No timestamp: the same command writes the same bytes (synth's same seed, same bytes).
     write_json(folder / MARKER, {"made_by": "cxrkit", "kind": kind})
     return folder

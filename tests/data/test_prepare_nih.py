@@ -207,3 +207,27 @@ def test_interrupted_cache_build_resumes_only_with_the_same_inputs(tmp_path: Pat
     assert (np.fromfile(state_file, dtype=np.uint8) == DONE).all()
     other = build_cache(paths[::-1], tmp_path / "c", size=16, progress=False)
     assert other.resumed == 0, "different inputs start over"
+
+
+def test_spellings_of_one_finding_merge_and_foreign_labels_are_named() -> None:
+    import pandas as pd
+
+    from cxrkit.data.datasets.nih import labels_table
+
+    labels = [" Cardiomegaly |Effusion", "Cardiomegaly", "Pleural_Thickening|Pleural Thickening",
+              "Lung Opacity", "No Finding"]  # fmt: skip
+    meta = pd.DataFrame(
+        {
+            "Finding Labels": labels,
+            "Image Index": [f"{i}.png" for i in range(5)],
+            "Patient ID": ["1", "2", "3", "4", "5"],
+            "View Position": ["PA"] * 5,
+            "Patient Gender": ["M"] * 5,
+            "Patient Age": ["40"] * 5,
+        }
+    )
+    with pytest.warns(UserWarning, match=r"not kept: Lung Opacity \(1 images\)"):
+        table, conflicts = labels_table(meta)
+    assert table["Cardiomegaly"].tolist() == [1, 1, 0, 0, 0]
+    assert table["Pleural Thickening"].tolist() == [0, 0, 1, 0, 0]
+    assert conflicts == 0

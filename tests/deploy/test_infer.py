@@ -190,3 +190,31 @@ def test_resume_after_a_kill_mid_row_and_retry_errors(
     )
     assert summary.ok == 1 and summary.failed == 0
     assert (pd.read_csv(out)["status"] == "ok").all() and len(pd.read_csv(out)) == 5
+
+
+def test_resume_refuses_another_model_or_other_options(
+    trained: Path, images: list[Path], tmp_path: Path
+) -> None:
+    import json
+
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    out = tmp_path / "preds.csv"
+    write_predictions(Predictor.from_checkpoint(ckpt), images[:2], out, progress=False)
+    record = json.loads((tmp_path / "preds.csv.json").read_text())
+    assert record["tta"] is False and len(record["model_sha256"]) == 64
+    with pytest.raises(UserError, match=r"would mix two runs \(tta: False then, True now\)"):
+        write_predictions(
+            Predictor.from_checkpoint(ckpt, tta=True), images, out, resume=True, progress=False
+        )
+    other = tmp_path / "other.ckpt"
+    shutil.copy(ckpt, other)
+    with other.open("ab") as fh:  # another file: another model as far as anyone can tell
+        fh.write(b"\0")
+    with pytest.raises(UserError, match="model_sha256"):
+        write_predictions(Predictor.from_checkpoint(other), images, out, resume=True,
+                          progress=False)  # fmt: skip
+    assert len(pd.read_csv(out)) == 2  # nothing appended
+    (tmp_path / "preds.csv.json").unlink()
+    with pytest.raises(UserError, match="cannot be checked"):
+        write_predictions(Predictor.from_checkpoint(ckpt), images, out, resume=True,
+                          progress=False)  # fmt: skip

@@ -16,7 +16,8 @@ from cxrkit.errors import UserError
 if TYPE_CHECKING:
     from cxrkit.deploy.predictor import Predictor
 
-EXIT_USER_ERROR, EXIT_PARTIAL = 2, 3  # 3: infer wrote every row but some images failed
+EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, EXIT_PARTIAL = 1, 2, 3  # 3: infer wrote every row but
+# some images failed; 1: a bug, reported as one line and a log file (cli/parser.py main)
 
 
 def comma_list(text: str | None) -> list[str]:
@@ -130,7 +131,7 @@ def cmd_infer(a: argparse.Namespace) -> int:
         a.checkpoint, batch_size=a.batch_size, precision=a.precision, tta=a.tta, backend=a.backend
     )
     if Path(a.out).resolve() == Path(a.source).resolve():
-        raise UserError(f"--out {a.out} is the --source list itself; write the CSV elsewhere")
+        raise UserError(f"--out {a.out} is the --source itself; write the CSV elsewhere")
     paths = resolve_sources(a.source)
     print(f"{len(paths)} file(s); backend {predictor.backend_name}" + _faster_hint(predictor))
     tags = tuple(t for t in a.dicom_tags.split(",") if t) if a.dicom_tags else ()

@@ -2,8 +2,9 @@
 :mod:`cxrkit.cli.commands`. User errors (:class:`cxrkit.errors.UserError`) print one line and
 exit 2.
 
-Exit codes: 0 success; 2 bad input (message on stderr); 3 ``infer`` finished but some files
-could not be read (their rows say why); 130 interrupted.
+Exit codes: 0 success; 1 an internal error (a bug: one line on stderr naming a log file with
+the traceback); 2 bad input (one line on stderr); 3 ``infer`` finished but some files could
+not be read (their rows say why); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
 
 from cxrkit import __version__
 from cxrkit.cli.bench import add_bench_parsers
 from cxrkit.cli.commands import (
+    EXIT_INTERNAL_ERROR,
     EXIT_USER_ERROR,
     cmd_cam,
     cmd_datasets,
@@ -329,3 +335,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"cxrkit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - the one place a bug becomes one line + a log
+        log = write_crash_log(args.command, argv)
+        print(
+            f"cxrkit {args.command}: internal error: {type(err).__name__}: {err} (a bug: the "
+            f"full traceback is in {log}; please report it with that file)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
+
+
+def write_crash_log(command: str, argv: Sequence[str] | None) -> Path:
+    """Write the current exception's traceback, the command line and versions to a log file
+    (``$CXRKIT_LOG_DIR``, else ``<tmp>/cxrkit-logs``); returns its path."""
+    folder = Path(os.environ.get("CXRKIT_LOG_DIR") or Path(tempfile.gettempdir()) / "cxrkit-logs")
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = folder / f"{command}-{stamp}-{os.getpid()}.log"
+    words = list(sys.argv[1:] if argv is None else argv)
+    path.write_text(
+        f"cxrkit {__version__}, Python {sys.version.split()[0]}\n"
+        f"command: cxrkit {' '.join(words)}\n\n{traceback.format_exc()}"
+    )
+    return path

@@ -8,6 +8,7 @@ write the manifest with a report of what was done: counts, missing and failed im
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cxrkit import __version__
-from cxrkit.data.cache import build_cache
+from cxrkit.data.cache import build_cache, cache_paths
 from cxrkit.data.datasets.base import BASE_COLUMNS, get_dataset
 from cxrkit.data.manifest import HEADER_NAME, Manifest, load_manifest, write_manifest
 from cxrkit.data.preprocess import Clahe
@@ -34,6 +35,36 @@ class SplitPolicy:
     val_fraction: float = 0.1
     test_fraction: float = 0.2
     seed: int = 0
+
+
+MIN_CACHE_SIZE, MAX_CACHE_SIZE = 32, 4096
+
+
+def check_policy(policy: SplitPolicy) -> None:
+    """Fractions that leave training images: each in [0, 1), together below 1."""
+    fractions = {"--val-fraction": policy.val_fraction, "--test-fraction": policy.test_fraction}
+    for name, value in fractions.items():
+        if not 0 <= value < 1:
+            raise UserError(f"{name} must be in [0, 1), got {value}")
+    if policy.val_fraction + policy.test_fraction >= 1:
+        raise UserError(
+            f"--val-fraction {policy.val_fraction} + --test-fraction {policy.test_fraction} "
+            "leave no patient for training; keep their sum below 1"
+        )
+
+
+def check_cache_space(out: Path, n: int, size: int) -> None:
+    """A UserError before writing when ``n`` cached ``size`` x ``size`` images do not fit on
+    ``out``'s disk (with a 5% margin)."""
+    data_file, _ = cache_paths(out / "cache", size)
+    written = data_file.stat().st_blocks * 512 if data_file.is_file() else 0  # a resumed build
+    need = n * size * size - written
+    free = shutil.disk_usage(out).free
+    if need * 1.05 > free:
+        raise UserError(
+            f"the cache of {n} images at {size} px needs {need / 2**30:.1f} GiB but "
+            f"{out} has {free / 2**30:.1f} GiB free; use a smaller --size or another disk"
+        )
 
 
 def assign_splits(
@@ -105,15 +136,26 @@ def prepare(
     spec = get_dataset(dataset)
     out = Path(out)
     split = split or SplitPolicy()
+    check_policy(split)
+    if not MIN_CACHE_SIZE <= size <= MAX_CACHE_SIZE:
+        raise UserError(
+            f"--size must be {MIN_CACHE_SIZE}-{MAX_CACHE_SIZE} pixels (the cached square; chest "
+            f"models train at 224-512), got {size}"
+        )
     # An interrupted prepare (marked folder, no manifest yet) resumes its cache.
     complete = (out / HEADER_NAME).exists()
     claim_folder(out, "prepared dataset", overwrite=overwrite, resume=not complete)
-    if size < 32:
-        raise UserError(f"cache size must be at least 32 pixels, got {size}")
     parsed = spec.parse(root, **(options or {}))
     table = parsed.table.reset_index(drop=True)
     table["split"], split_desc = assign_splits(table, parsed.findings, split)
+    empty = [s for s in ("train", "val") if not (table["split"] == s).any()]
+    if empty:
+        raise UserError(
+            f"the split leaves no {' and no '.join(empty)} images ({split_desc}); lower "
+            "--val-fraction / --test-fraction"
+        )
     check_no_leakage(table)  # before hours of decoding, not after
+    check_cache_space(out, len(table), size)
     table["cache_index"] = np.arange(len(table))
     built = build_cache(
         table["path"].tolist(),

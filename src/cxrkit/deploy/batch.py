@@ -39,7 +39,8 @@ from tqdm import tqdm
 from cxrkit.data.preprocess import Clahe, prepare_image
 from cxrkit.deploy.backends import usable_cores
 from cxrkit.deploy.predictor import Predictor
-from cxrkit.errors import UserError
+from cxrkit.deploy.records import check_resume, infer_record, save_record
+from cxrkit.errors import UserError, did_you_mean
 from cxrkit.files import atomic_write_text
 from cxrkit.io.images import read_xray
 from cxrkit.io.xray import RADIOGRAPH_MODALITIES, ImageReadError
@@ -82,6 +83,16 @@ class _Decode(Dataset):
         tags = _dicom_tags(self.paths[i], self.tags) if self.tags and xray.format == "DICOM" else {}
         pixels = prepare_image(xray.pixels, self.size, self.clahe)[None]
         return Item(i, pixels, None, tags, xray.modality)
+
+
+def check_dicom_tags(names: Sequence[str]) -> None:
+    """A UserError with the closest keywords for a name that is not a DICOM keyword."""
+    from pydicom.datadict import keyword_dict
+
+    for name in names:
+        if name not in keyword_dict:
+            known = [k for k in keyword_dict if k]
+            raise did_you_mean(name, known, what="DICOM keyword in --dicom-tags")
 
 
 def _dicom_tags(path: Path, names: Sequence[str]) -> dict[str, str]:
@@ -298,13 +309,17 @@ def write_predictions(
         "findings",
     ]
     check_output(out_csv, paths)
+    check_dicom_tags(dicom_tags)
+    record = infer_record(predictor, modalities, dicom_tags)
     done: set[str] = set()
     if out_csv.exists() and resume:
+        check_resume(out_csv, record)
         done = resume_rows(out_csv, header, retry_errors=retry_errors)
     elif out_csv.exists() and not overwrite:
         raise UserError(f"{out_csv} exists; pass --resume to continue it or --overwrite")
-    todo = [p for p in paths if str(p) not in done]
     out_csv.parent.mkdir(parents=True, exist_ok=True)
+    save_record(out_csv, record)
+    todo = [p for p in paths if str(p) not in done]
     n_ok = n_failed = 0
     with out_csv.open("a" if done or (resume and out_csv.exists()) else "w", newline="") as fh:
         writer = csv.writer(fh)

@@ -232,9 +232,7 @@ def match(
             f"no image of {where} is in the labels ({labels.origin}); e.g. {pred_only[:3]}"
         )
     score_cols = [columns[f] + ("__pred" if columns[f] in labels.table else "") for f in names]
-    y_score = joined[score_cols].to_numpy(np.float64)
-    if np.isnan(y_score).any():
-        raise UserError(f"{where} has empty probabilities for some matched images")
+    y_score = probabilities(joined, score_cols, names, columns, where)
     return Matched(
         keys=joined["key"].to_numpy(),
         findings=names,
@@ -250,8 +248,45 @@ def match(
     )
 
 
+def probabilities(
+    joined: pd.DataFrame,
+    score_cols: list[str],
+    names: list[str],
+    columns: dict[str, str],
+    where: str,
+) -> np.ndarray:
+    """``(n, C)`` float64 scores from ``joined``'s ``score_cols``: a UserError naming the
+    column and the image for an empty, non-numeric or out-of-[0, 1] value."""
+    out = np.empty((len(joined), len(score_cols)))
+    for j, (col, name) in enumerate(zip(score_cols, names, strict=True)):
+        values = pd.to_numeric(joined[col], errors="coerce").to_numpy(np.float64)
+        bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            found = joined[col].iloc[i]
+            shown = repr(found) if isinstance(found, str) else f"{float(found):g}"
+            raise UserError(
+                f"{where}: column {columns[name]!r} must hold probabilities in [0, 1]; "
+                f"{int(bad.sum())} value(s) are not, e.g. {shown} for image "
+                f"{joined['image_id'].iloc[i]!r} (apply a sigmoid to logits first)"
+            )
+        out[:, j] = values
+    return out
+
+
 def split_rows(source: LabelSource, split: str | None) -> LabelSource:
-    """The rows of ``split`` when the labels have splits (a manifest); all rows otherwise."""
-    if split is None or "split" not in source.table:
+    """The rows of ``split`` when the labels have splits (a manifest); all rows otherwise,
+    with a note saying so. An unknown split is a UserError naming the ones there are."""
+    if split is None:
         return source
-    return LabelSource(source.table[source.table["split"] == split], source.findings, source.origin)
+    if "split" not in source.table:
+        note = (
+            f"{Path(source.origin).name} has no splits: every labelled image with a prediction "
+            f"was evaluated (--split {split} does not apply)"
+        )
+        return LabelSource(source.table, source.findings, source.origin, [*source.notes, note])
+    present = sorted(set(source.table["split"]))
+    if split not in present:
+        raise UserError(f"--split {split!r}: {source.origin} has the splits {', '.join(present)}")
+    rows = source.table[source.table["split"] == split]
+    return LabelSource(rows, source.findings, source.origin, list(source.notes))

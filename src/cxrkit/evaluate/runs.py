@@ -56,6 +56,17 @@ class EvalResult:
 
 
 def _check(options: EvalOptions) -> None:
+    targets = {"specificities": options.specificities, "sensitivities": options.sensitivities}
+    for name, rates in targets.items():
+        if not rates or any(not 0 < r <= 1 for r in rates):
+            raise UserError(
+                f"--{name} must be one or more rates in (0, 1], e.g. 0.8,0.9; got "
+                f"{','.join(map(str, rates)) or 'nothing'}"
+            )
+    if options.n_boot < 0:
+        raise UserError(
+            f"--bootstrap must be 0 (no intervals) or a count >= 1, got {options.n_boot}"
+        )
     if options.split == "val":
         raise UserError(
             "thresholds and calibration are fitted on the val split; evaluate "
@@ -299,7 +310,7 @@ def evaluate_predictions(
     target = split_rows(source, options.split)
     matched = match(table, target, where=str(predictions), within=source)
     classes = matched.findings
-    notes = list(source.notes)
+    notes = list(target.notes)
     val = split_rows(source, "val") if "split" in source.table else None
     val_matched = None
     if val is not None and len(val.table):

@@ -273,6 +273,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raw = _yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
             raise UserError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise UserError(
+                f"{path} holds a YAML {type(raw).__name__}, expected a mapping of sections "
+                "(model:, data:, trainer:, ...) as in the shipped recipes"
+            )
     return validate_config(_build(TrainConfig, _merge(raw, parse_overrides(overrides or [])), ""))
 
 

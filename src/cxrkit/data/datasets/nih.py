@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -115,6 +116,17 @@ def labels_table(meta: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     (float32 0/1), and the number of 'No Finding' conflicts. No file-system access."""
     dummies = meta["Finding Labels"].str.get_dummies(sep="|")
     dummies.columns = [canonical_name(c, NIH_MAP) for c in dummies.columns]
+    # spellings of one finding (' Cardiomegaly ', 'Pleural_Thickening' beside 'Pleural
+    # Thickening') become one column: present when any spelling is
+    dummies = dummies.T.groupby(level=0).max().T
+    foreign = {c: int(dummies[c].sum()) for c in dummies if c not in (*NIH_FINDINGS, NO_FINDING)}
+    if foreign:
+        listed = ", ".join(f"{name} ({n} images)" for name, n in foreign.items())
+        warnings.warn(
+            f"labels that are not among NIH's 14 findings were not kept: {listed}",
+            UserWarning,
+            stacklevel=2,
+        )
     conflicts = 0
     if NO_FINDING in dummies:
         others = dummies.drop(columns=NO_FINDING).sum(axis=1) > 0

@@ -37,6 +37,8 @@ class ServeSettings:
     display_size: int = 1024
 
     def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise UserError(f"--port must be between 1 and 65535, got {self.port}")
         if self.max_upload_mb <= 0:
             raise UserError(f"--max-upload-mb must be > 0, got {self.max_upload_mb}")
         if self.max_queue < 0:

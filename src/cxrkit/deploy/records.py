@@ -1,0 +1,80 @@
+"""What made an ``infer`` CSV: a record beside it, so ``--resume`` never mixes two models.
+
+``preds.csv`` gets ``preds.csv.json``: the model (the sha256 of the checkpoint file, or of a
+bundle's ``model_card.json``, which lists the sha256 of every file), its findings, and the
+options that change the numbers (TTA, precision, backend, accepted DICOM modalities).
+``infer --resume`` continues a CSV only when the record matches the run about to start;
+otherwise it refuses and names what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from cxrkit.deploy.predictor import Predictor
+from cxrkit.errors import UserError
+from cxrkit.files import write_json
+from cxrkit.models.checkpoint import BUNDLE_CARD, file_sha256
+
+FORMAT = "cxrkit-infer-record/1"
+
+
+def record_path(out_csv: Path) -> Path:
+    """``preds.csv`` -> ``preds.csv.json``."""
+    return out_csv.with_name(out_csv.name + ".json")
+
+
+def model_sha256(predictor: Predictor) -> str | None:
+    """sha256 of the checkpoint file, or of a bundle's card; None for an in-memory model."""
+    source = predictor.loaded.source
+    if source is None:
+        return None
+    if source.is_dir():
+        return hashlib.sha256((source / BUNDLE_CARD).read_bytes()).hexdigest()
+    return file_sha256(source)
+
+
+def infer_record(
+    predictor: Predictor, modalities: Collection[str] | None, dicom_tags: Collection[str]
+) -> dict[str, Any]:
+    """Everything that decides an ``infer`` CSV's numbers and columns."""
+    source = predictor.loaded.source
+    return {
+        "format": FORMAT,
+        "model": str(source) if source is not None else None,
+        "model_sha256": model_sha256(predictor),
+        "findings": list(predictor.findings),
+        "tta": predictor.tta,
+        "precision": "bf16" if predictor.bf16 else "fp32",
+        "backend": predictor.backend_name,
+        "modalities": None if modalities is None else sorted(modalities),
+        "dicom_tags": list(dicom_tags),
+    }
+
+
+def check_resume(out_csv: Path, record: dict[str, Any]) -> None:
+    """A UserError unless ``out_csv``'s record matches ``record`` (paths aside)."""
+    path = record_path(out_csv)
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UserError(
+            f"{out_csv} has no readable {path.name}, so it cannot be checked to come from the "
+            "same model and options; write to a new --out"
+        ) from None
+    differ = [k for k in record if k != "model" and saved.get(k) != record[k]]
+    if differ:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} then, {record[k]!r} now" for k in differ)
+        raise UserError(
+            f"--resume into {out_csv} would mix two runs ({shown}); resume with the same "
+            "model and options, or write to a new --out"
+        )
+
+
+def save_record(out_csv: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` beside ``out_csv`` (atomically)."""
+    write_json(record_path(out_csv), record)
