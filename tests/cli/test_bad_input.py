@@ -94,7 +94,26 @@ def _file_as_out(world: World) -> tuple[list[str], list[Path]]:
     return _prepare(world, out=path / "sub"), [path]
 
 
+def _conflicting_rows(world: World) -> tuple[list[str], list[Path]]:
+    raw = world.tmp / "raw"
+    raw.mkdir()
+    (raw / "images").symlink_to(world.raw / "images")
+    for name in ("train_val_list.txt", "test_list.txt", "BBox_List_2017.csv"):
+        shutil.copy(world.raw / name, raw / name)
+    entry = (world.raw / "Data_Entry_2017.csv").read_text().splitlines(keepends=True)
+    first = entry[1].split(",")
+    first[1] = "Hernia" if first[1] != "Hernia" else "No Finding"  # the same image, other label
+    (raw / "Data_Entry_2017.csv").write_text("".join([*entry, ",".join(first)]))
+    argv = ["prepare", "nih", "--root", str(raw), "--out", str(world.tmp / "prep"),
+            "--workers", "1"]  # fmt: skip
+    return argv, [raw / "Data_Entry_2017.csv"]
+
+
 CASES: dict[str, tuple[Build, str]] = {
+    "prepare: one image listed twice with other labels": (
+        _conflicting_rows,
+        "is listed 2 times with different labels",
+    ),
     "eval: a specificity above 1": (
         lambda w: (_eval(w, "--specificities", "1.5"), [w.preds]),
         "--specificities must be",

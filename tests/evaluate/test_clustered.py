@@ -139,3 +139,20 @@ def test_isotonic_calibration_leaves_auroc_and_ap_on_the_raw_scores(
             assert m["per_class"][f]["ap"] == pytest.approx(
                 average_precision_score(y, s), abs=1e-12
             )
+
+
+def test_an_interval_always_contains_its_estimate_and_few_resamples_are_flagged() -> None:
+    y, a, _, table = patients_data(seed=4)
+    m = evaluate(y, a, classes=CLASSES, thresholds=np.array([0.5, 0.5]),
+                 groups=table["patient_id"].to_numpy(), n_boot=1, seed=0)  # fmt: skip
+    nodes = [m["macro"], m["micro"], *m["per_class"].values()]
+    checked = [
+        (node[key.removesuffix("_ci")], node[key])
+        for node in nodes
+        for key in node
+        if key.endswith("_ci") and "delong" not in key and node[key] is not None
+    ]
+    assert len(checked) > 10
+    assert all(low <= estimate <= high for estimate, (low, high) in checked)
+    assert any("only 1 bootstrap resamples are unreliable" in w for w in m["warnings"])
+    assert any("widened" in w for w in m["warnings"])  # one resample: most exclude it

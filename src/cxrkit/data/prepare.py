@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,32 @@ class SplitPolicy:
 
 
 MIN_CACHE_SIZE, MAX_CACHE_SIZE = 32, 4096
+
+
+def unique_images(table: pd.DataFrame, findings: list[str], root: str | Path) -> pd.DataFrame:
+    """One row per image: rows repeating an image with the same labels are dropped (with a
+    warning counting them); the same image with different labels is a UserError naming it."""
+    repeated = table["image_id"].duplicated(keep=False)
+    if not repeated.any():
+        return table
+    rows = table[repeated]
+    labels = rows[["image_id", *findings]].fillna(-1)
+    variants = labels.drop_duplicates().groupby("image_id").size()
+    conflicting = variants[variants > 1]
+    if len(conflicting):
+        first = conflicting.index[0]
+        raise UserError(
+            f"{root}: image {first!r} is listed {int(rows['image_id'].eq(first).sum())} times "
+            f"with different labels ({len(conflicting)} such image(s)); fix the metadata so "
+            "each image has one row"
+        )
+    dropped = int(table["image_id"].duplicated().sum())
+    warnings.warn(
+        f"{dropped} repeated row(s) of images listed twice with the same labels were dropped",
+        UserWarning,
+        stacklevel=3,
+    )
+    return table.drop_duplicates("image_id").reset_index(drop=True)
 
 
 def check_policy(policy: SplitPolicy) -> None:
@@ -146,7 +173,7 @@ def prepare(
     complete = (out / HEADER_NAME).exists()
     claim_folder(out, "prepared dataset", overwrite=overwrite, resume=not complete)
     parsed = spec.parse(root, **(options or {}))
-    table = parsed.table.reset_index(drop=True)
+    table = unique_images(parsed.table.reset_index(drop=True), parsed.findings, root)
     table["split"], split_desc = assign_splits(table, parsed.findings, split)
     empty = [s for s in ("train", "val") if not (table["split"] == s).any()]
     if empty:

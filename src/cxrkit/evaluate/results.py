@@ -137,8 +137,41 @@ def evaluate(
         if n_boot > 0
         else None
     )
-    metrics["warnings"] = sorted({str(w.message) for w in caught})
+    notes = {str(w.message) for w in caught}
+    if 0 < n_boot < MIN_RELIABLE_BOOT:
+        notes.add(
+            f"intervals from only {n_boot} bootstrap resamples are unreliable; use "
+            f"--bootstrap {MIN_RELIABLE_BOOT} or more (default 1000)"
+        )
+    widened = contain_estimates(
+        [per_class[c] for c in classes] + [metrics["macro"], metrics["micro"]]
+    )
+    if widened:
+        notes.add(
+            f"{widened} percentile interval(s) did not contain their own estimate (few "
+            "resamples or a skewed bootstrap) and were widened to it"
+        )
+    metrics["warnings"] = sorted(notes)
     return metrics
+
+
+MIN_RELIABLE_BOOT = 200
+
+
+def contain_estimates(entries: list[dict[str, Any]]) -> int:
+    """Widen every ``<figure>_ci`` of ``entries`` (DeLong's aside) to contain ``<figure>``,
+    in place; returns how many were widened."""
+    widened = 0
+    for entry in entries:
+        for key, interval in entry.items():
+            estimate = entry.get(key.removesuffix("_ci"))
+            if not key.endswith("_ci") or "delong" in key or interval is None or estimate is None:
+                continue
+            low, high = min(interval[0], estimate), max(interval[1], estimate)
+            if [low, high] != list(interval):
+                entry[key] = [low, high]
+                widened += 1
+    return widened
 
 
 RANKING = ("auroc", "ap", "sens_at_spec_", "spec_at_sens_")
