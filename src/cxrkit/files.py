@@ -121,14 +121,15 @@ def folder_kind(folder: Path) -> str | None:
 
 
 def claim_folder(
-    folder: str | Path, kind: str, *, overwrite: bool = False, resume: bool = False
+    folder: str | Path, kind: str, *, overwrite: bool = False, resume: bool = False, hint: str = ""
 ) -> Path:
     """Make ``folder`` the output folder of a ``kind`` of cxrkit output and mark it so.
 
     A missing or empty folder is created and marked. A non-empty one is refused (UserError
     naming it) unless it holds this ``kind``'s marker and either ``resume`` (its contents are
     kept, e.g. an interrupted cache) or ``overwrite`` (it is deleted and made anew). A
-    non-empty folder without the marker, or with another kind's, is never deleted.
+    non-empty folder without the marker, or with another kind's, is never deleted. ``hint``
+    ends the message for a folder of this kind that needs ``--overwrite``.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -147,7 +148,8 @@ def claim_folder(
             return folder
         if not overwrite:
             raise UserError(
-                f"{folder} already holds a cxrkit {kind}; choose another --out or pass --overwrite"
+                f"{folder} already holds a cxrkit {kind}; choose another --out, pass "
+                f"--overwrite{hint}"
             )
         shutil.rmtree(folder)
     try:

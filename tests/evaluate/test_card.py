@@ -43,7 +43,8 @@ def test_eval_records_where_thresholds_came_from(
     result = evaluate_checkpoint(ckpt, prepared, tmp_path / "ev", options=options, progress=False)
     assert result.metrics["card"]["written"] is True
     thresholds = read_checkpoint(ckpt)["model_card"]["thresholds"]
-    origin = tuning_origin(load_manifest(prepared), thresholds["n_images"])
+    origin = tuning_origin(load_manifest(prepared))
+    assert thresholds["n_val_images"] == len(load_manifest(prepared).rows("val"))
     for key in ("dataset", "prepared", "split", "patients_sha256"):
         assert thresholds[key] == origin[key]
     assert thresholds["split"] == "val" and thresholds["date"]

@@ -121,11 +121,12 @@ class Predictor:
                 f"with --size {self.letterbox_size}"
             )
         dummy = np.zeros((len(rows), len(self.findings)), np.float32)
+        size = max(self.batch_size, 32)
         batches = sequential_batches(
             CacheBatches([spec], np.zeros(len(rows)), rows["cache_index"].to_numpy(), dummy),
-            batch_size=max(self.batch_size, 32),
+            batch_size=size,
         )
-        total = -(-len(rows) // max(self.batch_size, 32))
+        total = -(-len(rows) // size)
         for images, _ in tqdm(batches, desc="predicting", total=total, disable=not progress):
             yield images
 

@@ -38,6 +38,8 @@ def compare(
     the same patients for both models, so a patient's many images count once), on the images
     both files and the labels have. DeLong's paired test, which treats images as independent,
     is kept beside it as ``delong_image_level``."""
+    if n_boot < 1:
+        raise UserError(f"compare needs bootstrap resamples (--bootstrap >= 1), got {n_boot}")
     full = load_labels(labels, dataset=dataset, patient_col=patient_col)
     source = split_rows(full, split)
     ma = match(read_predictions(a), source, where=str(a), within=full)
@@ -45,8 +47,6 @@ def compare(
     common = np.intersect1d(ma.keys, mb.keys)
     if common.size == 0:
         raise UserError(f"{a} and {b} share no labelled image")
-    if n_boot < 1:
-        raise UserError(f"compare needs bootstrap resamples (--bootstrap >= 1), got {n_boot}")
     ia = pd.Index(ma.keys).get_indexer(common)
     ib = pd.Index(mb.keys).get_indexer(common)
     names = [f for f in mb.findings if f in ma.findings]

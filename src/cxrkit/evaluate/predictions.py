@@ -16,6 +16,7 @@ patient column and one 0/1/blank column per finding; its other columns are metad
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,13 +103,10 @@ def read_label_csv(
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
         raise UserError(f"{path} is not a readable CSV: {err}") from None
-    lower = {c.strip().lower(): c for c in raw.columns}
-    image_col = next((lower[k] for k in KEY_COLUMNS if k in lower), None)
-    if image_col is None:
-        raise UserError(f"{path} has no image column; expected one of {', '.join(KEY_COLUMNS)}")
+    image_col = image_column(list(raw.columns), path)
     if patient_col is not None and patient_col not in raw.columns:
         raise did_you_mean(patient_col, raw.columns, what=f"--patient-col of {path}")
-    patient_col = patient_col or next((lower[k] for k in PATIENT_COLUMNS if k in lower), None)
+    patient_col = patient_col or first_column(list(raw.columns), PATIENT_COLUMNS)
     notes = []
     table = pd.DataFrame({"image_id": raw[image_col].str.strip()})
     if patient_col is None:
@@ -177,18 +175,31 @@ class Matched:
     missing: dict[str, Any] = field(default_factory=dict)
 
 
+def first_column(columns: list[str], names: Sequence[str]) -> str | None:
+    """The column of ``columns`` named like the first of ``names`` that has one (case and
+    surrounding spaces ignored), else None."""
+    lower = {c.strip().lower(): c for c in columns}
+    return next((lower[n] for n in names if n in lower), None)
+
+
+def image_column(columns: list[str], path: Path) -> str:
+    """The image column of CSV ``path`` (:data:`KEY_COLUMNS`); a UserError without one."""
+    found = first_column(columns, KEY_COLUMNS)
+    if found is None:
+        raise UserError(f"{path} has no image column; expected one of {', '.join(KEY_COLUMNS)}")
+    return found
+
+
 def read_predictions(path: str | Path) -> pd.DataFrame:
     """A predictions CSV with a ``key`` column added; clear errors for a bad file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"predictions file {path} does not exist")
     table = pd.read_csv(path)
-    lower = {c.strip().lower(): c for c in table.columns}
-    key_col = next((lower[k] for k in KEY_COLUMNS if k in lower), None)
-    if key_col is None:
-        raise UserError(f"{path} has no image column; expected one of {', '.join(KEY_COLUMNS)}")
-    if "status" in lower:  # cxrkit infer output: skip the rows of unreadable files
-        table = table[table[lower["status"]].astype(str) == "ok"]
+    key_col = image_column(list(table.columns), path)
+    status = first_column(list(table.columns), ("status",))
+    if status is not None:  # cxrkit infer output: skip the rows of unreadable files
+        table = table[table[status].astype(str) == "ok"]
     table = table.assign(key=table[key_col].astype(str).map(normalise_key))
     if table["key"].duplicated().any():
         raise UserError(

@@ -266,7 +266,11 @@ def subgroups(
         values = table[column].astype(object).where(table[column].notna(), None)
         for group in sorted({v for v in values if v not in (None, "")}, key=str):
             mask = (values == group).to_numpy()
-            intervals = _group_intervals(y_true[mask], y_score[mask], patients[mask], n_boot, seed)
+            intervals = (
+                _group_intervals(y_true[mask], y_score[mask], patients[mask], n_boot, seed)
+                if mask.sum() >= min_size  # smaller groups get counts only
+                else None
+            )
             for j, name in enumerate(classes):
                 y, s = y_true[mask, j], y_score[mask, j]
                 labelled = ~np.isnan(y)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from cxrkit import __version__
 from cxrkit.data.manifest import Manifest, load_manifest
-from cxrkit.errors import UserError
+from cxrkit.errors import UserError, did_you_mean
 from cxrkit.evaluate.calibration import Calibrator, compare_methods, fit_calibrator
 from cxrkit.evaluate.predictions import load_labels, match, read_predictions, split_rows
 from cxrkit.evaluate.results import evaluate, per_class_table, subgroups
@@ -74,8 +74,6 @@ def _check(options: EvalOptions) -> None:
         )
     check_method(options.threshold_method)
     if options.calibration not in CALIBRATIONS:
-        from cxrkit.errors import did_you_mean
-
         raise did_you_mean(options.calibration, CALIBRATIONS, what="calibration")
 
 
@@ -178,6 +176,9 @@ def evaluate_checkpoint(
         "checkpoint": str(Path(checkpoint).resolve()),
         "data": str(Path(data).resolve()),
     }
+    origin = tuning_origin(manifest)
+    write, reason = card_decision(predictor.card, origin, write_card, Path(checkpoint).is_dir())
+    metrics["card"] = {"written": write, "reason": reason}
     out = Path(out)
     result = _finish(metrics, out, y, probs, raw if calibrator else None, options)
     table = pd.DataFrame(
@@ -187,10 +188,6 @@ def evaluate_checkpoint(
         table[f"label_{f}"] = y[:, j]
         table[f"prob_{f}"] = probs[:, j]
     table.to_csv(out / f"predictions_{options.split}.csv", index=False)
-    origin = tuning_origin(manifest, len(val_rows))
-    write, reason = card_decision(predictor.card, origin, write_card, Path(checkpoint).is_dir())
-    metrics["card"] = {"written": write, "reason": reason}
-    write_json(result.metrics_file, metrics)
     if write:
         update_card(
             checkpoint,
@@ -205,13 +202,13 @@ def evaluate_checkpoint(
     return result
 
 
-def tuning_origin(manifest: Manifest, n_images: int) -> dict[str, Any]:
-    """Where thresholds tuned on ``manifest``'s val split come from, for the model card."""
+def tuning_origin(manifest: Manifest) -> dict[str, Any]:
+    """Where thresholds tuned on ``manifest``'s val split come from, for the model card (the
+    card's ``n_val_images`` says how many images)."""
     return {
         "dataset": manifest.header.get("dataset"),
         "prepared": str(manifest.folder.resolve()),
         "split": "val",
-        "n_images": n_images,
         "patients_sha256": manifest.header.get("split", {}).get("patients_sha256", {}).get("val"),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -15,13 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``(N, C, H, W)`` float -> ``(N, C, size, size)``: the one resize filter (bilinear,
+    antialiased) that evaluation and training augmentation share."""
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
 def to_unit(images: torch.Tensor, size: int) -> torch.Tensor:
     """``(N, 1, S, S)`` uint8 -> ``(N, 1, size, size)`` float in [0, 1] (antialiased)."""
     x = images.float().div_(255.0)
     if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(
-            x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )
+        x = resize(x, size)
     return x
 
 

@@ -37,16 +37,16 @@ checks both on 256 -> 128, 200 -> 64 and 300 -> 224, and that the former direct 
 18 to 59 gray levels there). Sampling is untouched: the same seed gives the same crops,
 rotations and jitter as before.
 
-The device path shrinks with ``F.interpolate`` itself, the images of one side together (about
-20 distinct sides in a batch with the default crop scale ``(0.85, 1)``, whatever its size),
-pads them with zeros into one canvas, which is what ``grid_sample``'s zero padding reads
-anyway, and warps the batch in one ``grid_sample`` call. The CPU path shrinks with
+The device path shrinks with :func:`~cxrkit.models.inputs.resize` itself, the images of one
+side together (about 20 distinct sides in a batch with the default crop scale ``(0.85, 1)``,
+whatever its size), pads them with zeros into one canvas, which is what ``grid_sample``'s zero
+padding reads anyway, and warps the batch in one ``grid_sample`` call. The CPU path shrinks with
 :func:`shrink_uint8`: the same weights, computed as torch computes them, applied as two sparse
 matrix products in float32 (about 3 times faster than ``F.interpolate`` on one core) and
 rounded to uint8 once, before the unchanged uint8 warp. OpenCV has no such filter:
 ``INTER_AREA`` (a box) differs from it by up to 34 gray levels on the test image and is, at a
-factor of 2, the very 2x2 average the direct warp took. The shrink makes the CPU path about
-1.3 to 1.6 times slower; the figures are in :func:`augment_uint8`.
+factor of 2, the very 2x2 average the direct warp took. The shrink costs the CPU loader about
+a third of its speed (``cxrkit bench loader``, figures in docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ import scipy.sparse
 import torch
 import torch.nn.functional as F
 
-from cxrkit.models.inputs import normalize
+from cxrkit.models.inputs import normalize, resize
 from cxrkit.train.config import AugmentConfig
 
 
@@ -112,17 +112,13 @@ def shrink_plan(maps: np.ndarray, src: int) -> tuple[np.ndarray, np.ndarray]:
     return sides, maps * (sides / src)[:, None, None]
 
 
-def _shrink(x: torch.Tensor, side: int) -> torch.Tensor:
-    """``(B, 1, S, S)`` float -> ``(B, 1, side, side)``: the filter of ``to_unit``."""
-    return F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-
-
 @functools.lru_cache(maxsize=512)
 def _shrink_weights(src: int, side: int) -> scipy.sparse.csr_matrix:
-    """``(side, src)`` sparse: :func:`_shrink` along one axis, as a matrix. The weights are
-    computed as torch's ``upsample_bilinear2d_aa`` computes them (in float32, PIL's rule: a
-    triangle as wide as the scale around each output centre, cut to the image, normalised),
-    so ``W @ image @ W.T`` is ``F.interpolate(antialias=True)`` to float rounding."""
+    """``(side, src)`` sparse: :func:`~cxrkit.models.inputs.resize` along one axis, as a
+    matrix. The weights are computed as torch's ``upsample_bilinear2d_aa`` computes them (in
+    float32, PIL's rule: a triangle as wide as the scale around each output centre, cut to the
+    image, normalised), so ``W @ image @ W.T`` is ``F.interpolate(antialias=True)`` to float
+    rounding."""
     f32 = np.float32
     scale = f32(src) / f32(side)  # >= 1: only used to shrink
     centre = scale * (np.arange(side, dtype=f32) + f32(0.5))
@@ -153,11 +149,8 @@ def augment_uint8(
 ) -> np.ndarray:
     """CPU executor: ``(N, S, S)`` uint8 -> augmented ``(N, size, size)`` uint8 (OpenCV).
 
-    Each image is shrunk first where the draw downscales it (:func:`shrink_plan`). Measured
-    on one core of a shared 2-core development CPU (AMD EPYC), batches of 32 detailed images,
-    default ``AugmentConfig``, medians of alternating rounds: 256 -> 128 took 66-91 us per
-    image with the former direct warp and 110-144 us with the shrink (7,000-9,000 images/s);
-    512 -> 224 took 278-293 us before and 364-392 us after (2,500-2,750 images/s)."""
+    Each image is shrunk first where the draw downscales it (:func:`shrink_plan`); the
+    loader's speed with it is in docs/benchmarks.md (``cxrkit bench loader``)."""
     n, src = images.shape[0], images.shape[-1]
     sides, maps = shrink_plan(sample_geometry(n, src, size, cfg, rng), src)
     jitter = sample_jitter(n, cfg, rng)
@@ -192,7 +185,7 @@ def _shrink_batch(x: torch.Tensor, sides: np.ndarray) -> torch.Tensor:
     if (sides == src).all():
         return x
     if (sides == big).all():
-        return _shrink(x, big)
+        return resize(x, big)
     # One host-to-device copy of the image order by side; each group is a slice of it.
     order = np.argsort(sides, kind="stable")
     ordered = sides[order]
@@ -202,7 +195,7 @@ def _shrink_batch(x: torch.Tensor, sides: np.ndarray) -> torch.Tensor:
     for start, stop in zip(starts.tolist(), [*starts[1:].tolist(), n], strict=True):
         side, group = int(ordered[start]), index[start:stop]
         part = x[group]
-        out[group, :, :side, :side] = part if side == src else _shrink(part, side)
+        out[group, :, :side, :side] = part if side == src else resize(part, side)
     return out
 
 

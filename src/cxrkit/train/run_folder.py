@@ -33,7 +33,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 from torch import nn
 
 from cxrkit.errors import UserError, did_you_mean
-from cxrkit.files import atomic_write_text, claim_folder, folder_kind, json_float
+from cxrkit.files import atomic_write_text, claim_folder, json_float
 from cxrkit.train.config import TrainConfig, config_to_dict
 from cxrkit.train.rules import LOGGERS
 
@@ -59,13 +59,9 @@ RUN_KIND = "run"  # the kind in its cxrkit.files.MARKER
 def prepare_run_dir(out: Path, overwrite: bool) -> None:
     """Create and mark ``out`` (:func:`cxrkit.files.claim_folder`: ``--overwrite`` replaces
     only a run folder cxrkit made); check writability."""
-    if out.is_dir() and any(out.iterdir()) and not overwrite and folder_kind(out) == RUN_KIND:
-        raise UserError(
-            f"run folder {out} already exists; choose another --out, pass --overwrite, "
-            f"or continue it with `cxrkit train --resume {out}`"
-        )
     check_writable(out)
-    claim_folder(out, RUN_KIND, overwrite=overwrite)
+    hint = f", or continue it with `cxrkit train --resume {out}`"
+    claim_folder(out, RUN_KIND, overwrite=overwrite, hint=hint)
 
 
 def checkpoint_bytes(model: nn.Module) -> int:
