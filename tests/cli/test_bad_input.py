@@ -4,12 +4,15 @@ traceback, and every input file unchanged (hashed before and after)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -27,6 +30,7 @@ class World:
     preds: Path
     image: Path
     tmp: Path
+    busy_port: int = 0  # a port this test process listens on
 
 
 Build = Callable[[World], tuple[list[str], list[Path]]]  # -> (argv, the inputs to keep)
@@ -94,25 +98,101 @@ def _file_as_out(world: World) -> tuple[list[str], list[Path]]:
     return _prepare(world, out=path / "sub"), [path]
 
 
-def _conflicting_rows(world: World) -> tuple[list[str], list[Path]]:
+def _raw_with_entry(world: World, change: Callable[[list[str]], list[str]]) -> Path:
+    """A copy of the raw NIH folder (images linked) whose Data_Entry lines ``change`` edits."""
     raw = world.tmp / "raw"
     raw.mkdir()
     (raw / "images").symlink_to(world.raw / "images")
     for name in ("train_val_list.txt", "test_list.txt", "BBox_List_2017.csv"):
         shutil.copy(world.raw / name, raw / name)
     entry = (world.raw / "Data_Entry_2017.csv").read_text().splitlines(keepends=True)
-    first = entry[1].split(",")
-    first[1] = "Hernia" if first[1] != "Hernia" else "No Finding"  # the same image, other label
-    (raw / "Data_Entry_2017.csv").write_text("".join([*entry, ",".join(first)]))
+    (raw / "Data_Entry_2017.csv").write_text("".join(change(entry)))
+    return raw
+
+
+def _conflicting_rows(world: World) -> tuple[list[str], list[Path]]:
+    def twice(entry: list[str]) -> list[str]:
+        first = entry[1].split(",")
+        first[1] = "Hernia" if first[1] != "Hernia" else "No Finding"  # same image, other label
+        return [*entry, ",".join(first)]
+
+    raw = _raw_with_entry(world, twice)
     argv = ["prepare", "nih", "--root", str(raw), "--out", str(world.tmp / "prep"),
             "--workers", "1"]  # fmt: skip
     return argv, [raw / "Data_Entry_2017.csv"]
+
+
+def _leaky_lists(world: World) -> tuple[list[str], list[Path]]:
+    raw = _raw_with_entry(world, lambda entry: entry)
+    entry = pd.read_csv(raw / "Data_Entry_2017.csv", usecols=["Image Index", "Patient ID"])
+    images = entry.groupby("Patient ID")["Image Index"].agg(list)
+    moved = next(names[0] for names in images if len(names) > 1)  # one film of a patient of many
+    train_val = (raw / "train_val_list.txt").read_text().split()
+    test = (raw / "test_list.txt").read_text().split()
+    lists = [n for n in train_val if n != moved], [n for n in test if n != moved] + [moved]
+    for name, names in zip(("train_val_list.txt", "test_list.txt"), lists, strict=True):
+        (raw / name).write_text("\n".join(names) + "\n")
+    argv = ["prepare", "nih", "--root", str(raw), "--out", str(world.tmp / "prep"),
+            "--workers", "1"]  # fmt: skip
+    return argv, [raw / "train_val_list.txt", raw / "test_list.txt"]
+
+
+def _foreign_label(world: World) -> tuple[list[str], list[Path]]:
+    def opacity(entry: list[str]) -> list[str]:
+        first = entry[1].split(",")
+        first[1] = "Lung Opacity"  # VinDr's word; not one of NIH's 14
+        return [entry[0], ",".join(first), *entry[2:]]
+
+    raw = _raw_with_entry(world, opacity)
+    argv = ["prepare", "nih", "--root", str(raw), "--out", str(world.tmp / "prep"),
+            "--workers", "1", "--strict-labels"]  # fmt: skip
+    return argv, [raw / "Data_Entry_2017.csv"]
+
+
+def _copy_prepared(world: World, change: Callable[[Path], None]) -> Path:
+    """A copy of the prepared folder (its cache file copied too), changed by ``change``."""
+    prep = world.tmp / "prep-copy"
+    shutil.copytree(world.prep, prep)
+    change(prep)
+    return prep
+
+
+def _no_training_images(world: World) -> tuple[list[str], list[Path]]:
+    def all_val(prep: Path) -> None:
+        table = pd.read_csv(prep / "manifest.csv")
+        table.loc[table["split"] == "train", "split"] = "val"
+        table.to_csv(prep / "manifest.csv", index=False)
+
+    prep = _copy_prepared(world, all_val)
+    argv = _train(world, "trainer.max_epochs=1")
+    argv[argv.index(str(world.prep))] = str(prep)
+    return argv, [prep / "manifest.csv"]
+
+
+def _truncated_cache(world: World) -> tuple[list[str], list[Path]]:
+    def truncate(prep: Path) -> None:
+        (cache,) = (prep / "cache").glob("*.u8")
+        with cache.open("r+b") as fh:
+            fh.truncate(cache.stat().st_size // 2)
+
+    prep = _copy_prepared(world, truncate)
+    argv = _train(world, "trainer.max_epochs=1")
+    argv[argv.index(str(world.prep))] = str(prep)
+    return argv, [prep / "manifest.csv", *(prep / "cache").glob("*.u8")]
 
 
 CASES: dict[str, tuple[Build, str]] = {
     "prepare: one image listed twice with other labels": (
         _conflicting_rows,
         "is listed 2 times with different labels",
+    ),
+    "prepare --strict-labels: a label outside the vocabulary": (
+        _foreign_label,
+        "not among NIH's 14 findings: Lung Opacity (1 images)",
+    ),
+    "prepare: official lists that split a patient": (
+        _leaky_lists,
+        "patient leakage caused by the dataset's official split lists",
     ),
     "eval: a specificity above 1": (
         lambda w: (_eval(w, "--specificities", "1.5"), [w.preds]),
@@ -151,6 +231,8 @@ CASES: dict[str, tuple[Build, str]] = {
         lambda w: (_train(w, "model.backbone=densnet121"), []),
         "did you mean 'densenet121'",
     ),
+    "train: no training images in the folder": (_no_training_images, "no training images in"),
+    "train: a truncated image cache": (_truncated_cache, "is missing or incomplete"),
     "train: a YAML list as config": (_list_yaml, "holds a YAML list, expected a mapping"),
     "train --overwrite: a folder cxrkit did not make": (_foreign_out, "files cxrkit did not write"),
     "prepare: a runaway cache size": (
@@ -185,6 +267,10 @@ CASES: dict[str, tuple[Build, str]] = {
         ),  # fmt: skip
         "did you mean 'PatientName'",
     ),
+    "serve: a port already in use": (
+        lambda w: (["serve", "--checkpoint", str(w.ckpt), "--port", str(w.busy_port)], []),
+        "cannot listen on 127.0.0.1:",
+    ),
     "serve: a port out of range": (
         lambda w: (["serve", "--checkpoint", str(w.ckpt), "--port", "99999"], []),
         "--port must be between 1 and 65535",
@@ -212,18 +298,25 @@ def test_bad_input_is_one_line_and_exit_2(
     case: str, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     build, message = CASES[case]
-    world = World(world.ckpt, world.prep, world.raw, world.preds, world.image, tmp_path)
-    argv, kept = build(world)
-    kept = [*kept, world.ckpt, world.image]
-    before = _digest(kept)
-    capsys.readouterr()
-    code = main(argv)
-    err = capsys.readouterr().err
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        world = dataclasses.replace(world, tmp=tmp_path, busy_port=busy.getsockname()[1])
+        argv, kept = build(world)
+        kept = [*kept, world.ckpt, world.image]
+        before = _digest(kept)
+        capsys.readouterr()
+        code = main(argv)
+    out, err = capsys.readouterr()
+    assert "open http" not in out  # serve prints its banner only once it can listen
     assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
+    # warnings about the (tiny) fixture data may precede it, each one line of their own
+    lines = [ln for ln in err.splitlines() if ln.strip() and f"{argv[0]}: warning: " not in ln]
     assert len(lines) == 1 and lines[0].startswith(f"cxrkit {argv[0]}: error: "), err
     assert message in lines[0] and "Traceback" not in err
     assert _digest(kept) == before
+    if argv[0] == "train":  # refused before anything was written
+        assert not (tmp_path / "run").exists()
 
 
 def test_an_unexpected_error_is_one_line_and_a_log(
@@ -244,3 +337,34 @@ def test_an_unexpected_error_is_one_line_and_a_log(
     assert len(logs) == 1 and str(logs[0]) in err
     text = logs[0].read_text()
     assert "Traceback" in text and "ZeroDivisionError: a bug" in text and "cxrkit datasets" in text
+
+
+def test_tiny_images_and_skipped_files_are_named(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cv2
+
+    folder = tmp_path / "films"
+    folder.mkdir()
+    shutil.copy(world.image, folder / "frontal.png")
+    cv2.imwrite(str(folder / "icon.png"), np.full((1, 1), 200, np.uint8))
+    (folder / "scan.tiff").write_bytes(b"II*\x00" + bytes(64))
+    capsys.readouterr()
+    out_csv = tmp_path / "p.csv"
+    code = main(["infer", "--checkpoint", str(world.ckpt), "--source", str(folder), "--out",
+                 str(out_csv), "--workers", "0"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 3, err  # partial: one image could not be predicted
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        f"cxrkit infer: warning: 1 file(s) under {folder} are not PNG, JPEG or DICOM and were "
+        "skipped: scan.tiff"
+    ]
+    rows = pd.read_csv(out_csv).set_index("image_id")
+    assert rows.loc["frontal.png", "status"] == "ok"
+    assert rows.loc["icon.png", "status"].startswith("error: image is 1x1 pixels; a chest X-ray")
+    code = main(["cam", "--checkpoint", str(world.ckpt), "--image", str(folder / "icon.png"),
+                 "--out", str(tmp_path / "cams")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 3, err  # as infer: the image is skipped with its reason, nothing drawn
+    assert f"skipped {folder / 'icon.png'}: image is 1x1 pixels" in err
+    assert not list((tmp_path / "cams").glob("*.png"))

@@ -35,7 +35,7 @@ def _fake_nih(
     lines = [HEADER_2017]
     rng = np.random.default_rng(0)
     for name, labels, pid in rows:
-        cv2.imwrite(str(folder / name), rng.integers(0, 255, (40, 30), dtype=np.uint8))
+        cv2.imwrite(str(folder / name), rng.integers(0, 255, (40, 32), dtype=np.uint8))
         lines.append(f"{name},{labels},0,{pid},45,M,PA,2500,2048,0.143,0.143,\n")
     (root / "Data_Entry_2017.csv").write_text("".join(lines))
     if official:
@@ -227,7 +227,10 @@ def test_spellings_of_one_finding_merge_and_foreign_labels_are_named() -> None:
         }
     )
     with pytest.warns(UserWarning, match=r"not kept: Lung Opacity \(1 images\)"):
-        table, conflicts = labels_table(meta)
+        table, conflicts, foreign = labels_table(meta)
+    assert foreign == {"Lung Opacity": 1}
+    with pytest.raises(UserError, match=r"not among NIH's 14 findings: Lung Opacity \(1 images\)"):
+        labels_table(meta, strict=True)
     assert table["Cardiomegaly"].tolist() == [1, 1, 0, 0, 0]
     assert table["Pleural Thickening"].tolist() == [0, 0, 1, 0, 0]
     assert conflicts == 0

@@ -69,6 +69,22 @@ def test_leakage_check_catches_a_planted_leak() -> None:
         check_no_leakage(table)
 
 
+def test_leakage_from_the_official_lists_says_so() -> None:
+    table = pd.DataFrame(
+        {
+            "patient_id": ["1", "1", "2", "3"],
+            "split": ["train", "test", "train", "val"],
+            "official_split": ["trainval", "test", "trainval", ""],
+        }
+    )
+    expected = r"official split lists: 1 patient\(s\).*patient 1: test, trainval\); correct"
+    with pytest.raises(LeakageError, match=expected):
+        check_no_leakage(table)
+    table["official_split"] = ["", "", "trainval", ""]  # drawn by cxrkit: not the lists' fault
+    with pytest.raises(LeakageError, match=r"^patient leakage: 1 patient"):
+        check_no_leakage(table)
+
+
 def test_fingerprints_depend_only_on_patient_sets() -> None:
     t1 = pd.DataFrame(
         {"patient_id": ["2", "1", "1", "3"], "split": ["train", "train", "train", "test"]}

@@ -76,8 +76,14 @@ def _pacs_folder(root: Path, dicom: Path) -> list[Path]:
 
 def test_folder_listed_by_content(tmp_path: Path, real_dicom: Path) -> None:
     expected = _pacs_folder(tmp_path / "export", real_dicom)
-    listed = resolve_sources(tmp_path / "export")
+    (tmp_path / "export" / "scan.tiff").write_bytes(b"II*\x00" + bytes(64))  # a TIFF: unread
+    with pytest.warns(UserWarning) as caught:
+        listed = resolve_sources(tmp_path / "export")
     assert listed == expected
+    (warning,) = [str(w.message) for w in caught]
+    # counted and named (the first five, sorted), hidden files and DICOMDIR not among them
+    assert warning.startswith(f"6 file(s) under {tmp_path / 'export'} are not PNG, JPEG or DICOM")
+    assert "README.txt, blob.bin, notes.csv, scan.tiff, series2/empty and 1 more" in warning
     assert tmp_path / "export" / UID_NAME in listed
     # The extensionless copy reads exactly as the original.
     copy, original = read_xray(tmp_path / "export" / UID_NAME), read_xray(real_dicom)
@@ -154,7 +160,7 @@ def test_nothing_found_says_what_was_looked_for(tmp_path: Path, real_dicom: Path
     shutil.copy(real_dicom, root / ".hidden")
     with pytest.raises(UserError, match=r"no images under .*docs: no file with an image suffix"):
         resolve_sources(root)
-    with pytest.raises(UserError, match="content is PNG, JPEG or DICOM"):
+    with pytest.raises(UserError, match=r"found 2 other file\(s\): README.txt, labels.csv\)$"):
         resolve_sources(root)
 
 

@@ -268,9 +268,10 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from cxrkit.deploy.predictor import Predictor
-    from cxrkit.deploy.serve.app import run_server
+    from cxrkit.deploy.serve.app import check_port, run_server
     from cxrkit.deploy.serve.engine import DISCLAIMER, Engine
     from cxrkit.deploy.serve.limits import TOKEN_ENV, ServeSettings, token_from
+
 
     settings = ServeSettings(
         host=a.host,
@@ -281,6 +282,7 @@ def cmd_serve(a: argparse.Namespace) -> int:
         workers=a.workers,
         timeout=a.timeout,
     )
+    check_port(a.host, a.port)  # a busy port fails before the model loads and the banner prints
     predictor = Predictor.from_checkpoint(a.checkpoint, backend=a.backend)
     engine = Engine(predictor, max_pixels=settings.max_pixels, display_size=settings.display_size)
     host = f"[{a.host}]" if ":" in a.host else a.host

@@ -84,9 +84,13 @@ def add_dataset_parsers(prepare: argparse.ArgumentParser, cpus: int) -> None:
         )
         add_allow_modality(s)
         for opt in spec.options:
+            dest = f"opt_{opt.name.replace('-', '_')}"
+            if opt.flag:
+                s.add_argument(f"--{opt.name}", dest=dest, action="store_true", help=opt.help)
+                continue
             s.add_argument(
                 f"--{opt.name}",
-                dest=f"opt_{opt.name.replace('-', '_')}",
+                dest=dest,
                 type=opt.type,
                 default=opt.default,
                 choices=opt.choices,
@@ -323,12 +327,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warnings(command: str) -> Callable[..., None]:
+    """``warnings.showwarning`` for the CLI: ``cxrkit <command>: warning: <message>`` on
+    stderr, one line, without the source line Python prints by default."""
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        name = "" if issubclass(category, UserWarning) else f"{category.__name__}: "
+        print(f"cxrkit {command}: warning: {name}{message}", file=sys.stderr)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.showwarning = _one_line_warnings(args.command)
+            return args.fn(args)
     except UserError as err:
         print(f"cxrkit {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -76,15 +76,31 @@ def stratified_patient_split(
 
 
 def check_no_leakage(table: pd.DataFrame) -> None:
-    """Raise :class:`LeakageError` if any patient has images in more than one split."""
+    """Raise :class:`LeakageError` if any patient has images in more than one split. With an
+    ``official_split`` column (a dataset's own lists, at prepare time) the error says when
+    those lists put a patient's images in different splits: the cause is then the lists."""
     n_splits = table.groupby("patient_id", sort=False)["split"].nunique()
     leaked = n_splits[n_splits > 1]
-    if len(leaked):
-        examples = ", ".join(map(str, leaked.index[:10]))
-        raise LeakageError(
-            f"patient leakage: {len(leaked)} patient(s) have images in more than one split "
-            f"(e.g. {examples}); every patient must be in exactly one split"
-        )
+    if not len(leaked):
+        return
+    examples = ", ".join(map(str, leaked.index[:10]))
+    message = (
+        f"patient leakage: {len(leaked)} patient(s) have images in more than one split "
+        f"(e.g. {examples}); every patient must be in exactly one split"
+    )
+    if "official_split" in table:
+        rows = table[table["patient_id"].isin(leaked.index)]
+        lists = rows.groupby("patient_id", sort=False)["official_split"].unique()
+        caused = lists[lists.map(len) > 1]
+        if len(caused):
+            first = caused.index[0]
+            where = ", ".join(sorted(s or "no list" for s in caused.iloc[0]))
+            message = (
+                f"patient leakage caused by the dataset's official split lists: {len(caused)} "
+                f"patient(s) have images in more than one of them (e.g. patient {first}: "
+                f"{where}); correct the lists, or move them aside to let cxrkit split by patient"
+            )
+    raise LeakageError(message)
 
 
 def split_fingerprints(table: pd.DataFrame) -> dict[str, str]:

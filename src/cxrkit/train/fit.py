@@ -203,6 +203,13 @@ def _load_data(config: TrainConfig, folders: list[Path]) -> _Data:
     findings = config.data.findings = combined.findings
     caches = combined.caches
     train, val = combined.split("train"), combined.split("val")
+    for m in manifests:
+        m.cache()  # a missing or truncated cache fails here, before a run folder exists
+    if len(train.slots) == 0:
+        raise UserError(
+            f"no training images in {', '.join(map(str, folders))} (every image is in val or "
+            "test); prepare again with smaller --val-fraction/--test-fraction"
+        )
     if len(val.slots) == 0:
         raise UserError(
             f"no validation images in {', '.join(map(str, folders))}; "

@@ -50,6 +50,7 @@ class Option:
     type: Callable[[str], Any] = str
     choices: tuple[str, ...] | None = None
     multiple: bool = False  # accepts several values (``nargs="+"``)
+    flag: bool = False  # takes no value: present means True (``action="store_true"``)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrkit.data.datasets.base import DatasetSpec, Parsed, index_files, register
+from cxrkit.data.datasets.base import DatasetSpec, Option, Parsed, index_files, register
 from cxrkit.data.labels import NIH_FINDINGS, NIH_MAP, NO_FINDING, canonical_name
 from cxrkit.errors import UserError
 
@@ -111,9 +111,16 @@ def _image_folders(root: Path) -> list[Path]:
     return folders
 
 
-def labels_table(meta: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+def labels_table(
+    meta: pd.DataFrame, *, strict: bool = False
+) -> tuple[pd.DataFrame, int, dict[str, int]]:
     """Metadata rows -> ``image_id, patient_id, study_id, view, sex, age`` + the 14 findings
-    (float32 0/1), and the number of 'No Finding' conflicts. No file-system access."""
+    (float32 0/1), the number of 'No Finding' conflicts and the labels that are not NIH's
+    (name -> images). No file-system access.
+
+    A label outside NIH's vocabulary ('Lung Opacity') cannot be kept: it is named in a
+    warning, or with ``strict`` it is a UserError, since the image would read as negative for
+    a finding it may show."""
     dummies = meta["Finding Labels"].str.get_dummies(sep="|")
     dummies.columns = [canonical_name(c, NIH_MAP) for c in dummies.columns]
     # spellings of one finding (' Cardiomegaly ', 'Pleural_Thickening' beside 'Pleural
@@ -122,8 +129,14 @@ def labels_table(meta: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     foreign = {c: int(dummies[c].sum()) for c in dummies if c not in (*NIH_FINDINGS, NO_FINDING)}
     if foreign:
         listed = ", ".join(f"{name} ({n} images)" for name, n in foreign.items())
+        if strict:
+            raise UserError(
+                f"labels that are not among NIH's 14 findings: {listed}; rename them to NIH's "
+                "spellings or drop --strict-labels to prepare without them"
+            )
         warnings.warn(
-            f"labels that are not among NIH's 14 findings were not kept: {listed}",
+            f"labels that are not among NIH's 14 findings were not kept: {listed} "
+            "(--strict-labels makes this an error)",
             UserWarning,
             stacklevel=2,
         )
@@ -144,7 +157,7 @@ def labels_table(meta: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     for finding in NIH_FINDINGS:
         present_col = dummies[finding].to_numpy(np.float32) if finding in dummies else 0.0
         table[finding] = np.broadcast_to(np.float32(present_col), len(table)).copy()
-    return table, conflicts
+    return table, conflicts, foreign
 
 
 def read_labels(csv_path: str | Path) -> pd.DataFrame:
@@ -155,8 +168,9 @@ def read_labels(csv_path: str | Path) -> pd.DataFrame:
     return labels_table(read_metadata(csv_path))[0]
 
 
-def parse(root: str | Path) -> Parsed:
-    """Parse an NIH ChestX-ray14 folder into a :class:`Parsed` table (see module docstring)."""
+def parse(root: str | Path, strict_labels: bool = False) -> Parsed:
+    """Parse an NIH ChestX-ray14 folder into a :class:`Parsed` table (see module docstring);
+    ``strict_labels``: a label outside NIH's 14 findings is an error, not a warning."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"dataset folder {root} does not exist")
@@ -169,12 +183,13 @@ def parse(root: str | Path) -> Parsed:
         raise UserError(
             f"none of the {n_missing} images listed in the metadata was found under {root}/images*"
         )
-    table, conflicts = labels_table(meta)
+    table, conflicts, foreign = labels_table(meta, strict=strict_labels)
     table.insert(1, "path", [str(on_disk[name].resolve()) for name in meta["Image Index"]])
     counts = {
         "listed": int(len(meta) + n_missing),
         "missing_on_disk": n_missing,
         "conflicts": conflicts,
+        "unknown_labels": sum(foreign.values()),
     }
     train_val, test = root / "train_val_list.txt", root / "test_list.txt"
     if train_val.is_file() and test.is_file():
@@ -186,6 +201,7 @@ def parse(root: str | Path) -> Parsed:
     policy = {
         "source": "Finding Labels, '|'-separated; every NIH finding is labelled (0 or 1)",
         "no_finding_conflict": "an image listing 'No Finding' with a finding keeps the finding",
+        "unknown_labels": foreign,  # label -> images; not kept (an error with --strict-labels)
     }
     return Parsed(table=table, findings=list(NIH_FINDINGS), label_policy=policy, counts=counts)
 
@@ -198,6 +214,14 @@ SPEC = register(
         "ROOT/images_0NN/images/*.png,"
         " optional ROOT/train_val_list.txt + ROOT/test_list.txt (official split)",
         parse=parse,
+        options=(
+            Option(
+                "strict-labels",
+                "refuse labels outside NIH's 14 findings instead of warning and dropping them",
+                default=False,
+                flag=True,
+            ),
+        ),
         read_labels=read_labels,
     )
 )
