@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from cxrkit.data.datasets.uncertainty import LABELER_COLUMNS
 from cxrkit.data.labels import NO_FINDING
 
-PIXELS = np.full((8, 8), 128, dtype=np.uint8)
+PIXELS = np.full((32, 32), 128, dtype=np.uint8)
 
 
 def write_images(base: Path, relative_paths: list[str]) -> None:

@@ -55,7 +55,7 @@ def write_dicom(path: Path, seed: int = 0) -> None:
     ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage
     ds.SOPInstanceUID = generate_uid()
     ds.Modality = "DX"
-    pixels = np.random.default_rng(seed).integers(0, 4096, (16, 16), dtype=np.uint16)
+    pixels = np.random.default_rng(seed).integers(0, 4096, (32, 32), dtype=np.uint16)
     ds.set_pixel_data(pixels, "MONOCHROME2", 12)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
@@ -64,7 +64,7 @@ def write_dicom(path: Path, seed: int = 0) -> None:
 def write_png16(path: Path, seed: int = 0) -> None:
     """A 24 x 20 16-bit grayscale PNG at ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 65535, (24, 20), dtype=np.uint16)
+    pixels = np.random.default_rng(seed).integers(0, 65535, (36, 32), dtype=np.uint16)
     assert cv2.imwrite(str(path), pixels)
 
 

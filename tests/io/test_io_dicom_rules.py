@@ -146,7 +146,7 @@ def test_missing_modality(tmp_path):
 
 
 def test_png_has_no_modality_and_is_never_gated():
-    ok, png = cv2.imencode(".png", np.zeros((8, 8), np.uint8))
+    ok, png = cv2.imencode(".png", np.zeros((32, 32), np.uint8))
     assert ok
     xray = read_xray_bytes(png.tobytes(), modalities=())
     assert (xray.format, xray.modality) == ("PNG", None)
@@ -237,7 +237,7 @@ def test_padding_signed_and_written_unsigned(tmp_path):
 def test_padding_matching_nothing_or_everything(tmp_path):
     base = read(make_ds(), tmp_path).pixels
     assert np.array_equal(read(make_ds(PixelPaddingValue=0), tmp_path).pixels, base)
-    flat = np.full((16, 16), 7, dtype=np.uint16)
+    flat = np.full((32, 32), 7, dtype=np.uint16)
     assert read(make_ds(flat, PixelPaddingValue=7), tmp_path).pixels.max() == 0
 
 

@@ -24,6 +24,7 @@ from cxrkit.io import (
     read_xray_bytes,
     sniff_format,
 )
+from cxrkit.io.xray import MIN_SIDE
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 NIH_IMAGES = DATA / "nih-sample" / "images"
@@ -102,15 +103,15 @@ def test_png_8bit_kept_exactly(tmp_path):
 
 
 def test_png_16bit_minmax_scaled():
-    ramp = np.tile(np.linspace(1000, 5000, 256).astype(np.uint16), (8, 1))
+    ramp = np.tile(np.linspace(1000, 5000, 256).astype(np.uint16), (32, 1))
     xray = read_xray_bytes(encode(ramp))
     row = xray.pixels[0].astype(int)
     assert xray.bits_stored == 16 and xray.pixels.dtype == np.uint8
     assert row[0] == 0 and row[-1] == 255 and np.all(np.diff(row) >= 0)
     expected = np.rint((ramp[0] - 1000.0) * 255 / 4000)
     assert np.abs(row - expected).max() <= 1
-    constant = read_xray_bytes(encode(np.full((8, 8), 3000, np.uint16))).pixels
-    assert np.array_equal(constant, np.zeros((8, 8), np.uint8))
+    constant = read_xray_bytes(encode(np.full((32, 32), 3000, np.uint16))).pixels
+    assert np.array_equal(constant, np.zeros((32, 32), np.uint8))
 
 
 def test_rgba_png_gray_ignores_alpha():
@@ -277,3 +278,20 @@ def test_letterbox_never_crops_and_geometry_round_trips(h, w, size):
         assert np.allclose(x, [cols[0], cols[-1] + 1], atol=0.5)
     back_y, back_x = geom.to_original(*geom.to_letterbox([0.0, h / 3, h], [w / 2, 0.0, w]))
     assert np.allclose(back_y, [0.0, h / 3, h]) and np.allclose(back_x, [w / 2, 0.0, w])
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (31, 400), (400, 31)])
+def test_images_under_the_minimum_side_are_refused_with_their_size(shape, tmp_path):
+    path = tmp_path / "icon.png"
+    cv2.imwrite(str(path), np.full(shape, 90, np.uint8))
+    with pytest.raises(ImageReadError) as err:
+        read_xray(path)
+    h, w = shape
+    assert err.value.path == str(path)
+    assert f"image is {w}x{h} pixels" in err.value.reason
+    assert f"at least {MIN_SIDE} pixels per side" in err.value.reason
+    assert read_xray(path, min_side=1).pixels.shape == shape  # the reader itself can read it
+    assert read_xray_bytes(encode(np.full((MIN_SIDE, MIN_SIDE), 9, np.uint8))).pixels.shape == (
+        MIN_SIDE,
+        MIN_SIDE,
+    )

@@ -16,6 +16,9 @@ through :func:`read_xray` / :func:`read_xray_bytes`, so every entry point sees t
 * Output is always ``(H, W) uint8`` with air/lungs dark and bone bright. 8-bit PNG and JPEG keep
   their values; colour is converted to gray (alpha ignored); 16-bit PNG is scaled by linear
   min-max of that image (see :func:`minmax_to_uint8`). DICOM rules are in :mod:`cxrkit.io.dicom`.
+* How coloured the file was is kept as :attr:`XRay.colour` (:func:`chroma`,
+  measured before the gray conversion; a colour JPEG is measured on a 1/8-scale colour decode,
+  so its gray pixels stay libjpeg's luma), for the input gate's colour-photograph check.
 * Every failure raises :class:`ImageReadError`, naming the file and the reason.
 
 All functions are pure (no global state, no OpenCV settings changed): safe to call from threads
@@ -32,10 +35,12 @@ import numpy as np
 
 from cxrkit.io.xray import (
     DEFAULT_MAX_PIXELS,
+    MIN_SIDE,
     RADIOGRAPH_MODALITIES,
     ImageReadError,
     XRay,
     check_dimensions,
+    check_min_side,
     minmax_to_uint8,
 )
 
@@ -81,6 +86,7 @@ def read_xray(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
+    min_side: int = MIN_SIDE,
 ) -> XRay:
     """Read the PNG, JPEG or DICOM file at ``path`` as an :class:`XRay` (``pixels``: (H, W) uint8).
 
@@ -90,7 +96,8 @@ def read_xray(
 
     Raises:
         ImageReadError: missing/unreadable/empty file, unknown content, truncated or corrupt
-            data, more than ``max_pixels`` pixels, an unsupported DICOM, a DICOM without pixel
+            data, more than ``max_pixels`` pixels, a side under ``min_side`` pixels
+            (:data:`~cxrkit.io.xray.MIN_SIDE`), an unsupported DICOM, a DICOM without pixel
             data or of a modality not in ``modalities``.
     """
     name = str(path)
@@ -104,7 +111,9 @@ def read_xray(
         raise ImageReadError(name, "permission denied") from None
     except OSError as exc:
         raise ImageReadError(name, f"cannot open file ({exc.strerror or exc})") from exc
-    return read_xray_bytes(data, name=name, max_pixels=max_pixels, modalities=modalities)
+    return read_xray_bytes(
+        data, name=name, max_pixels=max_pixels, modalities=modalities, min_side=min_side
+    )
 
 
 def read_xray_bytes(
@@ -113,6 +122,7 @@ def read_xray_bytes(
     name: str = "<bytes>",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
+    min_side: int = MIN_SIDE,
 ) -> XRay:
     """Decode an in-memory PNG, JPEG or DICOM (e.g. an upload); same rules as :func:`read_xray`.
 
@@ -122,14 +132,15 @@ def read_xray_bytes(
         raise ImageReadError(name, "empty file (0 bytes)")
     fmt = sniff_format(data)
     if fmt == "PNG":
-        return _read_png(data, name, max_pixels)
+        return check_min_side(_read_png(data, name, max_pixels), min_side)
     if fmt == "JPEG":
-        return _read_jpeg(data, name, max_pixels)
+        return check_min_side(_read_jpeg(data, name, max_pixels), min_side)
     if fmt == "DICOM":
         # Imported here: keeps pydicom off the PNG/JPEG path.
         from cxrkit.io.dicom import read_dicom_bytes
 
-        return read_dicom_bytes(data, name=name, max_pixels=max_pixels, modalities=modalities)
+        xray = read_dicom_bytes(data, name=name, max_pixels=max_pixels, modalities=modalities)
+        return check_min_side(xray, min_side)
     raise ImageReadError(name, f"not an image: unrecognised content {data[:16]!r}")
 
 
@@ -139,6 +150,24 @@ def _decode(data: bytes, flags: int) -> np.ndarray | None:
         return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     except cv2.error:
         return None
+
+
+CHROMA_SAMPLES = 256
+"""Pixels per side at most that :func:`chroma` looks at (a regular grid of the image)."""
+
+
+def chroma(img: np.ndarray) -> float:
+    """``(H, W)`` or ``(H, W, 3|4)`` colour image (any channel order, alpha ignored) -> the mean
+    of ``(max - min)`` over its colour channels, divided by the dtype's maximum (0.0 for gray),
+    on a grid of at most :data:`CHROMA_SAMPLES` x :data:`CHROMA_SAMPLES` pixels."""
+    if img.ndim != 3 or img.shape[2] < 3:
+        return 0.0
+    step_y = max(1, img.shape[0] // CHROMA_SAMPLES)
+    step_x = max(1, img.shape[1] // CHROMA_SAMPLES)
+    rgb = img[::step_y, ::step_x, :3]
+    spread = rgb.max(axis=2).astype(np.float32) - rgb.min(axis=2)
+    top = float(np.iinfo(img.dtype).max) if img.dtype.kind in "ui" else 1.0
+    return float(spread.mean()) / top
 
 
 def _to_gray_uint8(img: np.ndarray) -> np.ndarray:
@@ -160,12 +189,13 @@ def _read_png(data: bytes, name: str, max_pixels: int) -> XRay:
     img = _decode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(name, "corrupt PNG data")
-    return XRay(_to_gray_uint8(img), name, "PNG", data[24], None, None)
+    return XRay(_to_gray_uint8(img), name, "PNG", data[24], None, None, chroma(img))
 
 
-def _jpeg_header(data: bytes) -> tuple[int, int, int, int] | None:
-    """Walk the JPEG markers up to the first scan: (height, width, precision, scan offset)."""
-    frame: tuple[int, int, int] | None = None
+def _jpeg_header(data: bytes) -> tuple[int, int, int, int, int] | None:
+    """Walk the JPEG markers up to the first scan: (height, width, precision, components,
+    scan offset)."""
+    frame: tuple[int, int, int, int] | None = None
     i = 2
     while i + 4 <= len(data):
         if data[i] != 0xFF:
@@ -181,7 +211,8 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int, int] | None:
             if marker in _JPEG_SOF and i + 9 <= len(data):
                 height = int.from_bytes(data[i + 5 : i + 7], "big")
                 width = int.from_bytes(data[i + 7 : i + 9], "big")
-                frame = (height, width, data[i + 4])
+                components = data[i + 9] if i + 10 <= len(data) else 1
+                frame = (height, width, data[i + 4], components)
             i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return None
 
@@ -190,7 +221,7 @@ def _read_jpeg(data: bytes, name: str, max_pixels: int) -> XRay:
     header = _jpeg_header(data)
     if header is None:
         raise ImageReadError(name, "truncated or corrupt JPEG header (no frame and scan header)")
-    height, width, precision, scan = header
+    height, width, precision, components, scan = header
     check_dimensions(name, height, width, max_pixels)
     if data.rfind(_JPEG_EOI, scan) < 0:
         raise ImageReadError(name, "truncated JPEG data (no end-of-image marker)")
@@ -198,4 +229,6 @@ def _read_jpeg(data: bytes, name: str, max_pixels: int) -> XRay:
     img = _decode(data, cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise ImageReadError(name, "corrupt or unsupported JPEG data")
-    return XRay(_to_gray_uint8(img), name, "JPEG", precision, None, None)
+    reduced = _decode(data, cv2.IMREAD_REDUCED_COLOR_8) if components >= 3 else None
+    colour = chroma(reduced) if reduced is not None else 0.0
+    return XRay(_to_gray_uint8(img), name, "JPEG", precision, None, None, colour)

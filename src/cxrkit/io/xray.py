@@ -68,6 +68,9 @@ class XRay:
             PixelSpacing, else ImagerPixelSpacing); ``None`` otherwise, and always for PNG/JPEG.
         modality: the DICOM Modality (0008,0060), upper case (``"CR"``, ``"DX"``, ...);
             ``None`` for PNG/JPEG and for a DICOM without the tag.
+        colour: how coloured the file was before the conversion to gray: the mean over pixels
+            of ``(max(R, G, B) - min(R, G, B)) / 255`` (:func:`cxrkit.io.images.chroma`); 0.0
+            for gray files and DICOMs. A radiograph saved as RGB scores about 0.
     """
 
     pixels: np.ndarray
@@ -76,6 +79,14 @@ class XRay:
     bits_stored: int
     spacing_mm: tuple[float, float] | None
     modality: str | None
+    colour: float = 0.0
+
+
+MIN_SIDE = 32
+"""The smallest side, in pixels, of an image the readers return by default. Below it a
+radiograph holds no finding a model could see (NIH's 1024 px films shrunk 32-fold are 32 px);
+it is also the smallest input size a recipe may ask for (``data.image_size``). Such a file is
+a thumbnail, an icon or a broken export, never a chest film."""
 
 
 def check_dimensions(name: str, height: int, width: int, max_pixels: int) -> None:
@@ -88,6 +99,18 @@ def check_dimensions(name: str, height: int, width: int, max_pixels: int) -> Non
             f"too many pixels: {width}x{height} = {height * width:,} > max_pixels "
             f"{max_pixels:,} (decompression bomb?)",
         )
+
+
+def check_min_side(xray: XRay, min_side: int) -> XRay:
+    """``xray`` itself, or :class:`ImageReadError` when a side is under ``min_side`` pixels."""
+    height, width = xray.pixels.shape
+    if min(height, width) < min_side:
+        raise ImageReadError(
+            xray.source,
+            f"image is {width}x{height} pixels; a chest X-ray needs at least {min_side} "
+            "pixels per side (a thumbnail or icon?)",
+        )
+    return xray
 
 
 def minmax_to_uint8(values: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
