@@ -81,6 +81,24 @@ def add_evaluate_parsers(add: AddParser) -> None:
     )
     s.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     s.add_argument("--by", default="", help="subgroup columns, e.g. sex,age_band,view")
+    s.add_argument(
+        "--audit",
+        action="store_true",
+        help="shortcut audit: a metadata-only baseline (view, sex, age band, site) beside the "
+        "model, the model's AUROC within each of their values and, with --checkpoint, a "
+        "linear probe of what the embeddings encode; metrics.json['audit'], audit.csv",
+    )
+    s.add_argument(
+        "--audit-columns",
+        help="the audit's metadata columns, e.g. view,sex,age_band (implies --audit; default: "
+        "those of view, sex, age_band and site/scanner the labels have)",
+    )
+    s.add_argument(
+        "--audit-folds",
+        type=int,
+        default=5,
+        help="cross-validation folds of the audit's regressions, grouped by patient (default 5)",
+    )
     s.add_argument("--no-report", action="store_true", help="skip report.html")
     card = s.add_mutually_exclusive_group()
     card.add_argument(
@@ -129,6 +147,11 @@ def cmd_eval(a: argparse.Namespace) -> int:
         seed=a.seed,
         by=tuple(c for c in a.by.split(",") if c) if a.by else (),
         report=not a.no_report,
+        audit=a.audit or bool(a.audit_columns),
+        audit_columns=tuple(c.strip() for c in a.audit_columns.split(",") if c.strip())
+        if a.audit_columns
+        else None,
+        audit_folds=a.audit_folds,
     )
     if (a.checkpoint is None) == (a.predictions is None):
         raise UserError("give either --checkpoint (with --data) or --predictions (with --labels)")
@@ -160,6 +183,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
         )
     m = r.metrics
     print(format_table(m))
+    if m.get("audit"):
+        from cxrkit.evaluate.audit_output import format_audit
+
+        print(format_audit(m["audit"]))
     missing = m.get("missing") or {}
     if missing.get("in_predictions_only") or missing.get("in_labels_only"):
         print(
@@ -172,6 +199,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         print(f"no predictions for: {', '.join(missing['not_evaluated_findings'])} (not evaluated)")
     print(
         f"{m['n_images']} images; {r.out / 'metrics.json'}, {r.out / 'per_class.csv'}"
+        + (f", {r.out / 'audit.csv'}" if m.get("audit") else "")
         + (f", {r.out / 'report.html'}" if options.report else "")
     )
     return 0

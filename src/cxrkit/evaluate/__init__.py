@@ -7,7 +7,11 @@ specificity, sort-based, checked against scikit-learn), :mod:`~cxrkit.evaluate.b
 :mod:`~cxrkit.evaluate.calibration`, :mod:`~cxrkit.evaluate.results` (everything for one
 model, subgroups, tables), :mod:`~cxrkit.evaluate.predictions` (other tools' CSVs matched to
 labels), :mod:`~cxrkit.evaluate.report` and :mod:`~cxrkit.evaluate.plots` (``report.html``),
-:mod:`~cxrkit.evaluate.runs` (``eval`` and ``compare`` end to end).
+:mod:`~cxrkit.evaluate.audit` (the shortcut audit of ``eval --audit``: metadata-only
+baseline, strata; :mod:`~cxrkit.evaluate.probe` its cross-validated regressions and the
+embedding probe, :mod:`~cxrkit.evaluate.audit_output` ``audit.csv``,
+:mod:`~cxrkit.evaluate.audit_report` its report section, :mod:`~cxrkit.evaluate.html` the
+report's HTML blocks), :mod:`~cxrkit.evaluate.runs` (``eval`` and ``compare`` end to end).
 
 Evaluating predictions imports neither torch nor timm; only
 :func:`~cxrkit.evaluate.runs.evaluate_checkpoint` loads a model, through :mod:`cxrkit.deploy`.
@@ -18,6 +22,7 @@ from cxrkit.lazy import attach
 __getattr__, __dir__, __all__ = attach(
     __name__,
     {
+        "audit": ["shortcut_audit"],
         "bootstrap": ["bootstrap_ci"],
         "calibration": ["Calibrator", "fit_calibrator"],
         "delong": ["delong_ci", "delong_test"],

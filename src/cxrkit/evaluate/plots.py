@@ -174,3 +174,39 @@ def _data_uri(fig: Figure) -> str:
     buffer = io.BytesIO()
     FigureCanvasAgg(fig).print_png(buffer)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def audit_figure(
+    names: Sequence[str],
+    model: Sequence[tuple[float | None, Sequence[float] | None]],
+    baseline: Sequence[tuple[float | None, Sequence[float] | None]],
+) -> str | None:
+    """The shortcut audit's dot plot: per finding (one row each, ``names``), the model's and the
+    metadata-only baseline's AUROC as dots with their intervals as bars; ``model`` and
+    ``baseline`` hold one ``(auroc, [low, high] or None)`` pair per name. None when no AUROC
+    is defined."""
+    rows = [i for i, (m, b) in enumerate(zip(model, baseline, strict=True)) if finite(m[0])]
+    if not rows:
+        return None
+    with rc_context(STYLE):
+        height = 0.9 + 0.28 * len(rows)
+        fig = Figure(figsize=(6.4, height), dpi=DPI)
+        fig.subplots_adjust(left=1.9 / 6.4, right=0.97, top=1 - 0.45 / height, bottom=0.45 / height)
+        ax = fig.add_subplot()
+        series = (("model", model, CURVE, -0.12), ("metadata only", baseline, AFTER, 0.12))
+        for label, values, color, offset in series:
+            for k, i in enumerate(rows):
+                auroc, ci = values[i]
+                if not finite(auroc):
+                    continue
+                y = len(rows) - 1 - k + offset
+                if ci is not None and all(finite(v) for v in ci):
+                    ax.plot(ci, [y, y], color=color, lw=1.2)
+                ax.plot(auroc, y, "o", ms=4, color=color, label=label)
+                label = None  # one legend entry per series
+        ax.axvline(0.5, ls="--", lw=0.8, color=GUIDE)
+        ax.set_yticks(range(len(rows)), [names[i] for i in reversed(rows)])
+        low = min(ax.get_xlim()[0], 0.45)
+        ax.set(xlabel="AUROC (95% CI)", ylim=(-0.6, len(rows) - 0.4), xlim=(low, 1.01))
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1), ncol=2)
+        return _data_uri(fig)

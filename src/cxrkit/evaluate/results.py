@@ -35,7 +35,8 @@ from cxrkit.evaluate.metrics import (
 )
 from cxrkit.files import json_float
 
-AGE_BANDS = (0, 20, 40, 60, 80, 200)
+AGE_BANDS = (0, 20, 40, 60, 80, 200)  #: edges in years, left-closed: [0, 20), [20, 40), ...
+AGE_BAND_LABELS = ("<20", "20-39", "40-59", "60-79", "80+")  #: ages of 200 or more: no band
 
 
 def _ci(pair: np.ndarray) -> list[float | None] | None:
@@ -221,13 +222,21 @@ def _group_intervals(
         ]
 
 
+def group_order(value: Any) -> tuple[int, str]:
+    """Sort key of a group's value: age bands youngest first, then the rest as text."""
+    text = str(value)
+    return (AGE_BAND_LABELS.index(text), "") if text in AGE_BAND_LABELS else (99, text)
+
+
 def add_age_band(table: pd.DataFrame) -> pd.DataFrame:
     """Add ``age_band`` (``<20``, ``20-39``, ..., ``80+``) from ``age`` when it exists."""
     if "age" not in table:
         return table
-    labels = ["<20", "20-39", "40-59", "60-79", "80+"]
     band = pd.cut(
-        pd.to_numeric(table["age"], errors="coerce"), AGE_BANDS, right=False, labels=labels
+        pd.to_numeric(table["age"], errors="coerce"),
+        AGE_BANDS,
+        right=False,
+        labels=list(AGE_BAND_LABELS),
     )
     return table.assign(age_band=band.astype(object).where(band.notna(), None))
 
@@ -251,7 +260,8 @@ def subgroups(
     (``auroc_ci``) is a bootstrap resampling the group's **patients** (``n_boot`` resamples;
     images when ``groups`` is None); DeLong's image-level interval is kept beside it as
     ``auroc_delong_ci``. Groups smaller than ``min_size`` images are listed with counts only
-    (an AUROC on a handful of images is noise)."""
+    (an AUROC on a handful of images is noise); a row without an AUROC says why in ``reason``
+    (:func:`no_auroc_reason`), None on the others."""
     table = add_age_band(table.reset_index(drop=True))
     unknown = [c for c in by if c not in table.columns]
     if unknown:
@@ -264,7 +274,7 @@ def subgroups(
     gaps: dict[str, dict[str, Any]] = {}
     for column in by:
         values = table[column].astype(object).where(table[column].notna(), None)
-        for group in sorted({v for v in values if v not in (None, "")}, key=str):
+        for group in sorted({v for v in values if v not in (None, "")}, key=group_order):
             mask = (values == group).to_numpy()
             intervals = (
                 _group_intervals(y_true[mask], y_score[mask], patients[mask], n_boot, seed)
@@ -285,8 +295,9 @@ def subgroups(
                     "auroc": None,
                     "auroc_ci": None,
                     "auroc_delong_ci": None,
+                    "reason": no_auroc_reason(int(labelled.sum()), n_pos, min_size),
                 }
-                if labelled.sum() >= min_size and 2 <= n_pos <= labelled.sum() - 2:
+                if row["reason"] is None:
                     auc, low, high = delong_ci(y, s)
                     row["auroc"] = json_float(auc)
                     row["auroc_ci"] = _ci(intervals[j]) if intervals is not None else None
@@ -310,6 +321,19 @@ def subgroups(
                         "high_group": high_r["group"],
                     }
     return {"by": list(by), "min_size": min_size, "rows": rows, "largest_gap": gaps}
+
+
+def no_auroc_reason(n: int, n_positive: int, min_size: int) -> str | None:
+    """Why a group of ``n`` labelled images, ``n_positive`` of them positive, gets no AUROC in
+    :func:`subgroups`; None when it gets one (at least ``min_size`` images, 2 of each label)."""
+    n_negative = n - n_positive
+    if n < min_size:
+        return f"{n} labelled image(s), fewer than {min_size}: counts only"
+    if n_positive == 0 or n_negative == 0:
+        return f"no {'positive' if n_positive == 0 else 'negative'} image in this group"
+    if min(n_positive, n_negative) < 2:
+        return f"a single {'positive' if n_positive == 1 else 'negative'} image: no AUROC"
+    return None
 
 
 def per_class_table(metrics: dict[str, Any]) -> pd.DataFrame:

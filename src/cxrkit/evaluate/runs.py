@@ -2,7 +2,9 @@
 :mod:`cxrkit.evaluate.compare`).
 
 Outputs in ``OUT/``: ``metrics.json`` (see :mod:`cxrkit.evaluate.results`), ``per_class.csv``,
-``report.html`` (self-contained) and, for a checkpoint, ``predictions_<split>.csv``.
+``report.html`` (self-contained), for a checkpoint ``predictions_<split>.csv`` and, with
+``--audit``, ``audit.csv`` (the shortcut audit, :mod:`cxrkit.evaluate.audit`, also in
+``metrics.json["audit"]``).
 Thresholds and calibration are fitted on the **validation** split only; with a checkpoint
 they are written into its model card so ``infer`` and ``serve`` use the same operating points.
 """
@@ -21,6 +23,8 @@ import pandas as pd
 from cxrkit import __version__
 from cxrkit.data.manifest import Manifest, load_manifest
 from cxrkit.errors import UserError, did_you_mean
+from cxrkit.evaluate.audit import check_columns, shortcut_audit
+from cxrkit.evaluate.audit_output import audit_table
 from cxrkit.evaluate.calibration import Calibrator, compare_methods, fit_calibrator
 from cxrkit.evaluate.predictions import load_labels, match, read_predictions, split_rows
 from cxrkit.evaluate.results import evaluate, per_class_table, subgroups
@@ -43,6 +47,9 @@ class EvalOptions:
     seed: int = 0
     by: tuple[str, ...] = ()
     report: bool = True
+    audit: bool = False  #: the shortcut audit (metrics["audit"], audit.csv)
+    audit_columns: tuple[str, ...] | None = None  #: None: view, sex, age_band, site if present
+    audit_folds: int = 5  #: cross-validation folds of the audit's regressions, by patient
 
 
 @dataclass
@@ -72,6 +79,8 @@ def _check(options: EvalOptions) -> None:
             "thresholds and calibration are fitted on the val split; evaluate "
             "another split (--split test), never tune on what you report"
         )
+    if options.audit and options.audit_folds < 2:
+        raise UserError(f"--audit-folds must be 2 or more, got {options.audit_folds}")
     check_method(options.threshold_method)
     if options.calibration not in CALIBRATIONS:
         raise did_you_mean(options.calibration, CALIBRATIONS, what="calibration")
@@ -119,6 +128,8 @@ def _finish(
     }
     write_json(out / "metrics.json", metrics)
     per_class_table(metrics).to_csv(out / "per_class.csv", index=False)
+    if metrics.get("audit"):
+        audit_table(metrics["audit"]).to_csv(out / "audit.csv", index=False)
     if options.report:
         from cxrkit.evaluate.report import write_report
 
@@ -158,14 +169,21 @@ def evaluate_checkpoint(
     missing = [f for f in classes if f not in manifest.findings]
     if missing:
         raise UserError(f"{data} has no labels for {', '.join(missing)}, which the model predicts")
+    if options.audit and options.audit_columns:
+        check_columns(manifest.table, manifest.findings, options.audit_columns)
     val_rows, rows = manifest.rows("val"), manifest.rows(options.split)
     p_val = predictor.predict_manifest(manifest, val_rows, progress=progress, calibrated=False)
     raw = predictor.predict_manifest(manifest, rows, progress=progress, calibrated=False)
+    embeddings = (
+        predictor.embed_manifest(manifest, rows, progress=progress) if options.audit else None
+    )
     y_val, y = manifest.labels(val_rows, classes), manifest.labels(rows, classes)
     patients = val_rows["patient_id"].astype(str).to_numpy()
     calibrator, thresholds, info = fit_operating_points(y_val, p_val, classes, options, patients)
     probs = calibrator.apply(raw) if calibrator else raw
-    metrics = _metrics(y, probs, raw if calibrator else None, rows, classes, thresholds, options)
+    metrics = _metrics(
+        y, probs, raw if calibrator else None, rows, classes, thresholds, options, embeddings
+    )
     metrics["thresholds"] = {
         "method": options.threshold_method,
         "split": "val",
@@ -253,6 +271,7 @@ def _metrics(
     classes: list[str],
     thresholds: np.ndarray,
     options: EvalOptions,
+    embeddings: np.ndarray | None = None,
 ) -> dict[str, Any]:
     groups = rows["patient_id"].astype(str).to_numpy() if "patient_id" in rows else None
     metrics = evaluate(
@@ -282,6 +301,22 @@ def _metrics(
         if options.by
         else None
     )
+    metrics["audit"] = (
+        shortcut_audit(
+            rows,
+            y,
+            probs if raw is None else raw,
+            classes=classes,
+            groups=groups,
+            columns=options.audit_columns,
+            embeddings=embeddings,
+            n_folds=options.audit_folds,
+            n_boot=options.n_boot,
+            seed=options.seed,
+        )
+        if options.audit
+        else None
+    )
     return metrics
 
 
@@ -303,6 +338,8 @@ def evaluate_predictions(
     options = options or EvalOptions()
     _check(options)
     source = load_labels(labels, dataset=dataset, patient_col=patient_col)
+    if options.audit and options.audit_columns:
+        check_columns(source.table, source.findings, options.audit_columns)
     table = read_predictions(predictions)
     target = split_rows(source, options.split)
     matched = match(table, target, where=str(predictions), within=source)
