@@ -2,9 +2,13 @@
 
 A :class:`CacheBatches` is indexed by a *list* of row positions and returns the whole batch
 ``(images, labels)``: ``images`` ``(B, 1, S, S)`` uint8 read with one sorted fancy-index of
-each memmap, ``labels`` ``(B, C)`` float32 (NaN = unknown). Normalisation happens afterwards
-on the batch (:mod:`cxrkit.models.inputs`); training may pass a ``transform`` that augments
-the uint8 batch in the loader worker (:class:`cxrkit.train.loaders.LoaderAugment`).
+each cache, ``labels`` ``(B, C)`` float32 (NaN = unknown). A cache is the memmap of
+:mod:`cxrkit.data.cache` or LitData shards (:class:`cxrkit.data.shards.ShardReader`, local or
+on an object store), as the manifest header's ``cache.format`` says; both give the same bytes
+for the same slots, so samplers and augmentation do not know which one they read.
+Normalisation happens afterwards on the batch (:mod:`cxrkit.models.inputs`); training may pass
+a ``transform`` that augments the uint8 batch in the loader worker
+(:class:`cxrkit.train.loaders.LoaderAugment`).
 
 This module needs torch but nothing of training: :func:`sequential_batches` is how
 inference walks a manifest's cache without a training loader.
@@ -19,8 +23,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from cxrkit.data.cache import open_cache
-from cxrkit.data.manifest import Manifest
+from cxrkit.data.manifest import MEMMAP, Manifest, open_images
+from cxrkit.data.shards import ShardReader
 from cxrkit.errors import UserError
 
 # ``(B, S, S)`` uint8 -> ``(B, size, size)`` uint8, e.g. the loader's augmentation.
@@ -29,11 +33,15 @@ BatchTransform = Callable[[np.ndarray], np.ndarray]
 
 @dataclass
 class CacheSpec:
-    """Where a cache is, so each worker process can open its own memmap (memmaps don't pickle)."""
+    """Where a cache is, so each worker process can open its own reader (memmaps don't pickle).
+
+    ``file``: the memmap file (``format="memmap"``), or the folder or URI of the LitData
+    shards (``format="litdata"``); ``n`` slots of ``size`` x ``size`` uint8."""
 
     file: str
     n: int
     size: int
+    format: str = MEMMAP
 
 
 class CacheBatches(Dataset):
@@ -71,14 +79,14 @@ class CacheBatches(Dataset):
         self.slots = np.asarray(slots, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.float32)
         self.transform = transform
-        self._memmaps: list[np.memmap] | None = None
+        self._memmaps: list[np.ndarray | ShardReader] | None = None
 
     def __len__(self) -> int:
         return len(self.slots)
 
     def __getitem__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         if self._memmaps is None:
-            self._memmaps = [open_cache(c.file, c.n, c.size) for c in self.caches]
+            self._memmaps = [open_images(c.format, c.file, c.n, c.size) for c in self.caches]
         rows_arr = np.asarray(rows, dtype=np.int64)
         images = np.empty((len(rows_arr), 1, self.size, self.size), dtype=np.uint8)
         sources, slots = self.sources[rows_arr], self.slots[rows_arr]
@@ -95,9 +103,9 @@ class CacheBatches(Dataset):
 
 
 def cache_spec(manifest: Manifest) -> CacheSpec:
-    """The cache of a prepared folder."""
-    c = manifest.header["cache"]
-    return CacheSpec(file=str(manifest.folder / c["file"]), n=int(c["n"]), size=int(c["size"]))
+    """The cache of a prepared folder (memmap or LitData shards, local or remote)."""
+    cache_format, location, n, size = manifest.cache_entry()
+    return CacheSpec(file=location, n=n, size=size, format=cache_format)
 
 
 def sequential_batches(

@@ -3,7 +3,14 @@
 ``PREP/manifest.csv`` has one row per image: ``image_id, path, patient_id, study_id, view,
 sex, age, split, cache_index`` and one float column per finding (1 / 0 / empty = unknown).
 ``PREP/manifest.json`` is its header: source dataset and folder, findings, label policy, split
-policy, seed and per-split patient hashes, cache file and size, counts and failures.
+policy, seed and per-split patient hashes, cache description, counts and failures.
+
+The header's ``cache`` says where the images are and in which format: ``"format": "memmap"``
+(or no ``format``, as manifests written before LitData shards existed) with a ``file`` relative
+to the folder (:mod:`cxrkit.data.cache`), or ``"format": "litdata"`` with a ``location``
+(:mod:`cxrkit.data.shards`), relative to the folder or URI the manifest was read from.
+A prepared folder may be an object-store URI (``s3://``, ``gs://``): :func:`load_manifest`
+downloads its two manifest files to a local folder (:mod:`cxrkit.data.storage`).
 """
 
 from __future__ import annotations
@@ -18,21 +25,54 @@ import pandas as pd
 
 from cxrkit.data.cache import open_cache
 from cxrkit.data.datasets.base import BASE_COLUMNS
+from cxrkit.data.shards import FORMAT as LITDATA
+from cxrkit.data.shards import ShardReader
 from cxrkit.data.splits import check_no_leakage
+from cxrkit.data.storage import as_location, download, exists, is_uri, join, local_dir
 from cxrkit.errors import UserError
 from cxrkit.files import write_json
 
 FORMAT = "cxrkit-manifest/1"
 CSV_NAME, HEADER_NAME = "manifest.csv", "manifest.json"
+MEMMAP = "memmap"
+CACHE_FORMATS = (MEMMAP, LITDATA)
+
+
+def open_images(cache_format: str, location: str, n: int, size: int) -> np.ndarray | ShardReader:
+    """The ``(n, size, size)`` uint8 images of a cache, read-only, indexable by slot arrays:
+    the memmap ``location`` (``"memmap"``) or the LitData shards at ``location``
+    (``"litdata"``, checked: a missing index or wrong count is a UserError here)."""
+    if cache_format == MEMMAP:
+        if is_uri(location):
+            raise UserError(
+                f"{location} is a memmap cache, which is read from a local disk only; copy the "
+                "prepared folder to one, or prepare it with --format litdata"
+            )
+        return open_cache(location, n, size)
+    if cache_format == LITDATA:
+        return ShardReader(location, n, size).check()
+    raise UserError(
+        f"unknown image cache format {cache_format!r} (known: {', '.join(CACHE_FORMATS)}); "
+        "it was prepared by a newer cxrkit: upgrade, or prepare it again"
+    )
 
 
 @dataclass
 class Manifest:
-    """A prepared dataset: ``table`` (one row per image) and its ``header``."""
+    """A prepared dataset: ``table`` (one row per image) and its ``header``.
+
+    ``folder`` holds the manifest files; ``location`` is the URI they were downloaded from
+    (None for a local folder)."""
 
     folder: Path
     table: pd.DataFrame
     header: dict[str, Any]
+    location: str | None = None
+
+    @property
+    def origin(self) -> str:
+        """Where the prepared dataset is: its URI, or its folder as an absolute path."""
+        return self.location or str(self.folder.resolve())
 
     @property
     def findings(self) -> list[str]:
@@ -53,10 +93,17 @@ class Manifest:
         """``(len(rows), len(findings))`` float32 labels, NaN = unknown."""
         return rows[findings].to_numpy(dtype=np.float32)
 
-    def cache(self) -> np.memmap:
-        """The ``(n_slots, size, size)`` uint8 image cache, read-only."""
+    def cache_entry(self) -> tuple[str, str, int, int]:
+        """``(format, location, n_slots, size)`` of the image cache, its location resolved
+        against the folder (or URI) the manifest came from."""
         c = self.header["cache"]
-        return open_cache(self.folder / c["file"], c["n"], c["size"])
+        cache_format = c.get("format", MEMMAP)
+        name = c["location"] if cache_format == LITDATA else c["file"]
+        return cache_format, join(self.location or self.folder, name), int(c["n"]), int(c["size"])
+
+    def cache(self) -> np.ndarray | ShardReader:
+        """The ``(n_slots, size, size)`` uint8 image cache, read-only (memmap or shards)."""
+        return open_images(*self.cache_entry())
 
 
 def write_manifest(folder: Path, table: pd.DataFrame, header: dict[str, Any]) -> None:
@@ -67,8 +114,23 @@ def write_manifest(folder: Path, table: pd.DataFrame, header: dict[str, Any]) ->
 
 
 def load_manifest(folder: str | Path) -> Manifest:
-    """Load and validate a prepared folder; runs the leakage check every time."""
-    folder = Path(folder)
+    """Load and validate a prepared folder (or URI); runs the leakage check every time."""
+    location = as_location(folder)
+    if isinstance(location, str):
+        uri = location
+        if not exists(join(uri, HEADER_NAME)):
+            raise UserError(
+                f"{uri} is not a prepared dataset: no {HEADER_NAME} there (check the URI; "
+                "`cxrkit prepare` writes it last, so an interrupted one leaves none: run it again)"
+            )
+        local = local_dir(uri, "manifests")
+        for name in (HEADER_NAME, CSV_NAME):
+            download(join(uri, name), local / name)
+        return _load_local(local, location=uri)
+    return _load_local(Path(folder))
+
+
+def _load_local(folder: Path, location: str | None = None) -> Manifest:
     header_file, csv_file = folder / HEADER_NAME, folder / CSV_NAME
     if not header_file.is_file() or not csv_file.is_file():
         raise UserError(
@@ -92,4 +154,4 @@ def load_manifest(folder: str | Path) -> Manifest:
     if missing:
         raise UserError(f"{csv_file} lacks the column(s) {', '.join(missing)}")
     check_no_leakage(table)
-    return Manifest(folder=folder, table=table, header=header)
+    return Manifest(folder=folder, table=table, header=header, location=location)

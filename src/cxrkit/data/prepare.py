@@ -3,6 +3,12 @@
 Parse the dataset's own metadata (a registered parser), split patient-wise (the official
 split when there is one), check for leakage, decode every image once into the cache, and
 write the manifest with a report of what was done: counts, missing and failed images.
+
+With ``--format litdata`` the decoded cache is then written as LitData shards
+(:mod:`cxrkit.data.shards`) beside the manifest, in a local folder or under an object-store
+URI, and the memmap is removed. Resuming and ``--overwrite`` behave as for the memmap: an
+interrupted prepare resumes its decoding, a complete one is replaced only with
+``--overwrite``, a folder (or prefix) cxrkit did not write is never touched.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import datetime as dt
 import shutil
 import warnings
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +27,36 @@ import pandas as pd
 from cxrkit import __version__
 from cxrkit.data.cache import build_cache, cache_paths
 from cxrkit.data.datasets.base import BASE_COLUMNS, get_dataset
-from cxrkit.data.manifest import HEADER_NAME, Manifest, load_manifest, write_manifest
+from cxrkit.data.manifest import (
+    CACHE_FORMATS,
+    CSV_NAME,
+    HEADER_NAME,
+    MEMMAP,
+    Manifest,
+    load_manifest,
+    write_manifest,
+)
 from cxrkit.data.preprocess import Clahe
+from cxrkit.data.shards import FORMAT as LITDATA
+from cxrkit.data.shards import SHARD_BYTES, SHARDS, write_shards
 from cxrkit.data.splits import check_no_leakage, split_fingerprints, stratified_patient_split
-from cxrkit.errors import UserError
-from cxrkit.files import claim_folder
+from cxrkit.data.storage import (
+    check_uri,
+    delete,
+    exists,
+    is_empty,
+    is_uri,
+    join,
+    local_dir,
+    require_litdata,
+    upload,
+)
+from cxrkit.errors import UserError, did_you_mean
+from cxrkit.files import MARKER, claim_folder
 from cxrkit.io.xray import RADIOGRAPH_MODALITIES
+
+KIND = "prepared dataset"
+FAILED_NAME = "failed_images.csv"
 
 
 @dataclass
@@ -80,18 +110,40 @@ def check_policy(policy: SplitPolicy) -> None:
         )
 
 
-def check_cache_space(out: Path, n: int, size: int) -> None:
+def check_cache_space(out: Path, n: int, size: int, copies: int = 1) -> None:
     """A UserError before writing when ``n`` cached ``size`` x ``size`` images do not fit on
-    ``out``'s disk (with a 5% margin)."""
+    ``out``'s disk (with a 5% margin); ``copies=2``: the memmap and local shards together."""
     data_file, _ = cache_paths(out / "cache", size)
     written = data_file.stat().st_blocks * 512 if data_file.is_file() else 0  # a resumed build
-    need = n * size * size - written
+    need = copies * n * size * size - written
     free = shutil.disk_usage(out).free
     if need * 1.05 > free:
+        what = "the cache and its shards" if copies > 1 else "the cache"
         raise UserError(
-            f"the cache of {n} images at {size} px needs {need / 2**30:.1f} GiB but "
+            f"{what} of {n} images at {size} px need(s) {need / 2**30:.1f} GiB but "
             f"{out} has {free / 2**30:.1f} GiB free; use a smaller --size or another disk"
         )
+
+
+def claim_remote(uri: str, marker: Path, *, overwrite: bool) -> None:
+    """:func:`~cxrkit.files.claim_folder` for an object-store prefix: an empty one is marked
+    (``marker`` uploaded), one marked by cxrkit is resumed or, when complete, replaced only
+    with ``overwrite`` (its manifest and shards removed first); anything else is refused."""
+    marked = exists(join(uri, MARKER))
+    if not marked and not is_empty(uri):
+        raise UserError(
+            f"{uri} is not empty and holds objects cxrkit did not write (no {MARKER}); cxrkit "
+            f"replaces only a cxrkit {KIND}: choose another --out, or empty it yourself"
+        )
+    if marked and exists(join(uri, HEADER_NAME)):
+        if not overwrite:
+            raise UserError(
+                f"{uri} already holds a cxrkit {KIND}; choose another --out, pass --overwrite"
+            )
+        delete(join(uri, HEADER_NAME))  # incomplete until the new header is uploaded
+        delete(join(uri, SHARDS))  # the old chunks and index (LitData lists 1000 a call)
+    if not marked:
+        upload(marker, join(uri, MARKER))
 
 
 def assign_splits(
@@ -151,6 +203,9 @@ def prepare(
     options: dict[str, Any] | None = None,
     clahe: Clahe | None = None,
     modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
+    cache_format: str = MEMMAP,
+    stage: str | Path | None = None,
+    shard_bytes: int = SHARD_BYTES,
 ) -> Manifest:
     """Prepare ``root`` (a raw ``dataset`` folder) into ``out``; returns the loaded manifest.
 
@@ -159,9 +214,12 @@ def prepare(
     (see its :class:`~cxrkit.data.datasets.Option` list).
     An interrupted prepare resumes its cache when run again with the same arguments.
     Unreadable images are left out of the manifest and listed in ``failed_images.csv``.
+
+    ``cache_format="litdata"``: the images go to ``out/shards`` as LitData chunks of about
+    ``shard_bytes``; ``out`` may then be an ``s3://`` or ``gs://`` URI, the memmap being
+    decoded in the local ``stage`` folder (default: under ``$CXRKIT_CACHE``).
     """
     spec = get_dataset(dataset)
-    out = Path(out)
     split = split or SplitPolicy()
     check_policy(split)
     if not MIN_CACHE_SIZE <= size <= MAX_CACHE_SIZE:
@@ -169,9 +227,26 @@ def prepare(
             f"--size must be {MIN_CACHE_SIZE}-{MAX_CACHE_SIZE} pixels (the cached square; chest "
             f"models train at 224-512), got {size}"
         )
-    # An interrupted prepare (marked folder, no manifest yet) resumes its cache.
-    complete = (out / HEADER_NAME).exists()
-    claim_folder(out, "prepared dataset", overwrite=overwrite, resume=not complete)
+    if cache_format not in CACHE_FORMATS:
+        raise did_you_mean(cache_format, CACHE_FORMATS, what="--format")
+    if cache_format == LITDATA:
+        require_litdata("--format litdata (LitData shards)")
+    remote = check_uri(str(out)) if is_uri(out) else None
+    if remote and cache_format != LITDATA:
+        raise UserError(
+            f"--out {remote} is an object store: only --format litdata writes there (the "
+            "memmap cache is a file on a local disk)"
+        )
+    if remote:  # the remote prefix decides what is complete; the stage always resumes
+        out = Path(stage) if stage is not None else local_dir(remote, "stage")
+        claim_folder(out, KIND, overwrite=overwrite, resume=not overwrite)
+        (out / HEADER_NAME).unlink(missing_ok=True)
+        claim_remote(remote, out / MARKER, overwrite=overwrite)
+    else:
+        # An interrupted prepare (marked folder, no manifest yet) resumes its cache.
+        out = Path(out)
+        complete = (out / HEADER_NAME).exists()
+        claim_folder(out, KIND, overwrite=overwrite, resume=not complete)
     parsed = spec.parse(root, **(options or {}))
     table = unique_images(parsed.table.reset_index(drop=True), parsed.findings, root)
     table["split"], split_desc = assign_splits(table, parsed.findings, split)
@@ -182,7 +257,8 @@ def prepare(
             "--val-fraction / --test-fraction"
         )
     check_no_leakage(table)  # before hours of decoding, not after
-    check_cache_space(out, len(table), size)
+    local_shards = cache_format == LITDATA and not remote  # memmap and shards side by side
+    check_cache_space(out, len(table), size, copies=2 if local_shards else 1)
     table["cache_index"] = np.arange(len(table))
     built = build_cache(
         table["path"].tolist(),
@@ -194,10 +270,10 @@ def prepare(
         modalities=modalities,
     )
     failed = table.loc[list(built.failures)].assign(reason=list(built.failures.values()))
-    failed[["image_id", "path", "reason"]].to_csv(out / "failed_images.csv", index=False)
+    failed[["image_id", "path", "reason"]].to_csv(out / FAILED_NAME, index=False)
     table = table.drop(index=list(built.failures)).drop(columns="official_split", errors="ignore")
     if table.empty:
-        raise UserError(f"no image under {root} could be read; see {out / 'failed_images.csv'}")
+        raise UserError(f"no image under {root} could be read; see {out / FAILED_NAME}")
     columns = [*BASE_COLUMNS, "split", "cache_index", *parsed.findings]
     table = table[columns]
     header: dict[str, Any] = {
@@ -232,7 +308,29 @@ def prepare(
         },
         "prevalence": {f: _nanmean(table[f]) for f in parsed.findings},
     }
+    if cache_format == LITDATA:
+        location = join(remote or out, SHARDS)
+        written = write_shards(
+            built.file,
+            built.n,
+            size,
+            location,
+            shard_bytes=shard_bytes,
+            scratch=out / SHARDS,  # remote: chunks wait here for their upload
+            progress=progress,
+        )
+        described = {k: v for k, v in header["cache"].items() if k != "file"}
+        header["cache"] = {"format": LITDATA, "location": SHARDS, **described, **written}
     write_manifest(out, table, header)
+    if cache_format == LITDATA:  # the shards hold the images now
+        for file in (*cache_paths(out / "cache", size), built.file.with_suffix(".json")):
+            file.unlink(missing_ok=True)
+        if not any((out / "cache").iterdir()):
+            (out / "cache").rmdir()
+    if remote:
+        for name in (CSV_NAME, FAILED_NAME, HEADER_NAME):  # the header last: complete
+            upload(out / name, join(remote, name))
+        return replace(load_manifest(out), location=remote)
     return load_manifest(out)
 
 

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from cxrkit.data.batches import CacheSpec
 from cxrkit.data.manifest import Manifest, load_manifest
+from cxrkit.data.storage import as_location
 from cxrkit.errors import UserError
 from cxrkit.files import remove_stale_temps, write_json
 from cxrkit.models.backbones import check_backbone, cpu_has_native_bf16
@@ -126,7 +127,8 @@ def fit(
     validate_config(config)  # a config built or changed in Python skipped load_config's checks
     check_backbone(config.model.backbone)  # before anything is written
     check_logger(config.logger)
-    prepared = _load_data(config, [Path(d) for d in (data if isinstance(data, list) else [data])])
+    folders = [as_location(d) for d in (data if isinstance(data, list) else [data])]  # or URIs
+    prepared = _load_data(config, folders)
     rank_zero = launched_as_rank_zero()  # under DDP every rank runs fit(): one writes the folder
     if rank_zero:
         prepare_run_dir(out, overwrite)
@@ -176,7 +178,7 @@ def resume(
             f"first checkpoint); start it again with --overwrite"
         )
     check_logger(config.logger)
-    folders = [Path(d["prepared"]) for d in info["data"]["datasets"]]
+    folders = [as_location(d["prepared"]) for d in info["data"]["datasets"]]
     prepared = _load_data(config, folders)
     if prepared.training_data != info["data"]:
         raise UserError(
@@ -196,7 +198,7 @@ def resume(
     return _train(config, module, loaders, run, info, ckpt=last, progress=progress)
 
 
-def _load_data(config: TrainConfig, folders: list[Path]) -> _Data:
+def _load_data(config: TrainConfig, folders: list[str | Path]) -> _Data:
     """Read and combine the prepared folders; fix ``config.data.findings`` to those trained."""
     manifests = [load_manifest(f) for f in folders]
     combined = combine(manifests, config.data.findings, config.data.combine)
@@ -232,7 +234,7 @@ def _load_data(config: TrainConfig, folders: list[Path]) -> _Data:
         "datasets": [
             {
                 "dataset": m.header["dataset"],
-                "prepared": str(m.folder.resolve()),
+                "prepared": m.origin,  # the folder's absolute path, or its URI
                 "split_policy": m.header["split"]["policy"],
                 "patients_sha256": m.header["split"]["patients_sha256"],
             }

@@ -1,7 +1,10 @@
 """Training loaders over the uint8 image cache: samplers, DDP shards, datasets combined.
 
 A loader yields whole batches of :class:`cxrkit.data.batches.CacheBatches`:
-``images`` ``(B, 1, S, S)`` uint8 and ``labels`` ``(B, C)`` float32 (NaN = unknown).
+``images`` ``(B, 1, S, S)`` uint8 and ``labels`` ``(B, C)`` float32 (NaN = unknown). The rows
+index cache slots, whether the cache is a memmap or LitData shards streamed from a folder or
+an object store (the manifest says which): the samplers, DDP shares and augmentation below are
+the same for both, and so are the batches they produce.
 Augmentation happens in the loader (:class:`LoaderAugment`) or on the batch
 (:mod:`cxrkit.train.augment`); normalisation afterwards (:mod:`cxrkit.models.inputs`).
 
