@@ -46,6 +46,7 @@ def test_bundle_files_and_card(bundle: Path, ckpt: Path) -> None:
     names = {p.name for p in bundle.iterdir()}
     assert names == {
         "model_card.json",
+        "MODEL_CARD.md",  # for a reviewer (tests/deploy/test_model_card.py)
         "model.safetensors",
         "model.onnx",
         "model.int8.onnx",
@@ -208,6 +209,7 @@ def test_export_options_and_cli(bundle: Path, ckpt: Path, prepared: Path, tmp_pa
     assert main(["export", "--checkpoint", str(ckpt), "--out", str(out), "--no-onnx"]) == 0
     assert {p.name for p in out.iterdir()} == {
         "model_card.json",
+        "MODEL_CARD.md",
         "model.safetensors",
         ".cxrkit-output",
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -12,8 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxrkit.cli.parser import main
 from cxrkit.data.manifest import load_manifest
 from cxrkit.deploy.batch import _Decode, decoded_batches, predict_paths, write_predictions
+from cxrkit.deploy.gate_fit import fit_gate
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.deploy.sources import resolve_sources
 from cxrkit.errors import UserError
@@ -218,3 +221,67 @@ def test_resume_refuses_another_model_or_other_options(
     with pytest.raises(UserError, match="cannot be checked"):
         write_predictions(Predictor.from_checkpoint(ckpt), images, out, resume=True,
                           progress=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def gated(trained: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny checkpoint with an input gate (the session's stays without)."""
+    ckpt = tmp_path_factory.mktemp("gated") / "best.ckpt"
+    shutil.copy(trained / "checkpoints" / "best.ckpt", ckpt)
+    fit_gate(ckpt, prepared, progress=False)
+    return ckpt
+
+
+def _source_with_a_photo(images: list[Path], folder: Path) -> Path:
+    """Four phantom films and one colour picture (a hue gradient) in ``folder``."""
+    import cv2
+
+    folder.mkdir()
+    for p in images[:4]:
+        shutil.copy(p, folder / p.name)
+    hue = np.tile(np.linspace(0, 179, 256, dtype=np.uint8), (256, 1))
+    hsv = np.dstack([hue, np.full_like(hue, 200), np.full_like(hue, 200)])
+    cv2.imwrite(str(folder / "photo.png"), cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR))
+    return folder
+
+
+def test_gate_columns_and_refuse_ood(
+    gated: Path, images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = _source_with_a_photo(images, tmp_path / "src")
+    out = tmp_path / "preds.csv"
+    assert main(["infer", "--checkpoint", str(gated), "--source", str(src), "--out", str(out)]) == 0
+    assert "no input gate" not in capsys.readouterr().err
+    table = pd.read_csv(out).set_index("image_id")
+    assert list(table.columns[-2:]) == ["ood_score", "in_distribution"]
+    assert (table["status"] == "ok").all()  # flagged, but predicted without --refuse-ood
+    assert table.loc["photo.png", "in_distribution"] == 0
+    assert table.loc["photo.png", "ood_score"] == np.inf
+    films = table.drop(index="photo.png")
+    assert np.isfinite(films["ood_score"]).all() and films["in_distribution"].isin([0, 1]).all()
+    refused = tmp_path / "refused.csv"
+    args = ["infer", "--checkpoint", str(gated), "--source", str(src), "--out", str(refused)]
+    assert main([*args, "--refuse-ood"]) == 3  # the partial-failure exit code
+    table = pd.read_csv(refused).set_index("image_id")
+    status = table.loc["photo.png", "status"]
+    assert status.startswith("error: outside the training distribution (colour photograph")
+    assert table.loc["photo.png", [c for c in table if c.startswith("prob_")]].isna().all()
+    assert table.loc["photo.png", "in_distribution"] == 0  # the gate's cells are kept
+    record = json.loads((tmp_path / "refused.csv.json").read_text())
+    assert record["refuse_ood"] is True and record["input_gate"]["false_alarm_rate"] == 0.05
+
+
+def test_a_model_without_gate_still_predicts_and_says_so(
+    trained: Path, images: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    out = tmp_path / "preds.csv"
+    args = ["infer", "--checkpoint", str(ckpt), "--source", str(images[0].parent), "--out"]
+    assert main([*args, str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("no input gate: fit one with `cxrkit gate --checkpoint ... --data ...`") == 1
+    table = pd.read_csv(out)
+    assert table["ood_score"].isna().all() and table["in_distribution"].isna().all()
+    assert main([*args, str(tmp_path / "refused.csv"), "--refuse-ood"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--refuse-ood needs an input gate" in err

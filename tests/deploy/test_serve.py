@@ -22,6 +22,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from cxrkit.cli.parser import main
+from cxrkit.deploy.gate_fit import fit_gate
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.deploy.serve.app import check_port, create_app
 from cxrkit.deploy.serve.engine import Engine
@@ -369,3 +370,137 @@ def test_settings_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
         busy.listen()
         with pytest.raises(UserError, match="cannot listen"):
             check_port("127.0.0.1", busy.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def gated_engine(trained: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    """An engine over a copy of the tiny checkpoint with an input gate fitted."""
+    import shutil
+
+    ckpt = tmp_path_factory.mktemp("gated") / "best.ckpt"
+    shutil.copy(trained / "checkpoints" / "best.ckpt", ckpt)
+    fit_gate(ckpt, prepared, progress=False)
+    return Engine(Predictor.from_checkpoint(ckpt), max_pixels=10_000_000, display_size=512)
+
+
+def test_input_gate_in_predict_and_model(
+    make_client: Callable[..., TestClient], gated_engine: Engine, prepared: Path
+) -> None:
+    from cxrkit.data.manifest import load_manifest
+
+    client = make_client(gated_engine)
+    card = client.get("/v1/model").json()["input_gate"]
+    assert card["false_alarm_rate"] == 0.05 and card["threshold"] > 0 and "arrays" not in card
+    assert "colour photograph" in card["structural_checks"]
+    film = Path(load_manifest(prepared).rows("test")["path"].iloc[0])
+    body = upload(client, film.read_bytes()).json()
+    gate = body["input_gate"]
+    assert set(gate) == {"ood_score", "in_distribution", "reasons", "threshold", "false_alarm_rate"}
+    assert isinstance(gate["ood_score"], float) and "warnings" not in body
+    assert gate["in_distribution"] == (gate["ood_score"] <= gate["threshold"])
+    hue = np.tile(np.linspace(0, 179, 256, dtype=np.uint8), (256, 1))
+    photo = cv2.cvtColor(np.dstack([hue, hue * 0 + 200, hue * 0 + 200]), cv2.COLOR_HSV2BGR)
+    response = upload(client, cv2.imencode(".jpg", photo)[1].tobytes())
+    assert response.status_code == 200  # still predicted, flagged
+    gate = response.json()["input_gate"]
+    assert gate["in_distribution"] is False and gate["ood_score"] is None  # inf: null in JSON
+    assert gate["reasons"][0] == "colour photograph"
+
+
+def test_a_model_without_gate_says_so(
+    make_client: Callable[..., TestClient], phantom_png: Path
+) -> None:
+    client = make_client()
+    assert client.get("/v1/model").json()["input_gate"] is None
+    body = upload(client, phantom_png.read_bytes()).json()
+    assert body["input_gate"] is None
+    assert body["warnings"][0].startswith("no input gate")
+
+
+def test_page_warns_above_the_findings(make_client: Callable[..., TestClient]) -> None:
+    html = make_client().get("/").text
+    assert html.index('id="gate-warning"') < html.index('id="findings"')
+    script = make_client().get("/page.js").text
+    assert "renderGate(result);\n    renderFindings(result);" in script
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_and_monitor_count_what_was_served(
+    make_client: Callable[..., TestClient], predictor: Predictor, phantom: Path
+) -> None:
+    client = make_client(token=TOKEN, monitor_window=3)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/metrics").status_code == 401  # the token guards the metrics too
+    files = sorted((phantom / "images").glob("*.png"))[:4]
+    answers = [upload(client, f.read_bytes(), headers=auth).json() for f in files]
+    assert upload(client, b"not an image", headers=auth).status_code == 415
+    m = client.get("/v1/monitor", headers=auth).json()
+    assert m["window"] == {"size": 3, "images": 3} and m["images_since_start"] == 4
+    calls = np.array([[f["call"] for f in a["findings"]] for a in answers[-3:]])
+    assert m["positive_rate"] == dict(zip(predictor.findings, calls.mean(axis=0), strict=True))
+    assert m["input_gate"] == "no input gate" and m["ood_rate"] is None  # this model has none
+    assert "no reference score distribution" in m["drift"]["unavailable"]
+    response = client.get("/metrics", headers=auth)
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    value = _samples(response.text)
+    assert value[("cxrkit_requests_total", (("endpoint", "/v1/predict"), ("status", "200")))] == 4
+    assert value[("cxrkit_requests_total", (("endpoint", "/v1/predict"), ("status", "415")))] == 1
+    assert value[("cxrkit_requests_total", (("endpoint", "/metrics"), ("status", "401")))] == 1
+    assert value[("cxrkit_predictions_total", ())] == 4
+    every = np.array([[f["call"] for f in a["findings"]] for a in answers]).sum(axis=0)
+    for finding, n in zip(predictor.findings, every, strict=True):
+        assert value[("cxrkit_positive_calls_total", (("finding", finding),))] == n
+    assert value[("cxrkit_request_seconds_count", (("endpoint", "/v1/predict"),))] == 5
+    text = response.text
+    assert SECRET_NAME not in text and "png" not in text.lower()  # nothing names an image
+
+
+def test_metrics_answer_while_every_prediction_place_is_taken(
+    make_client: Callable[..., TestClient], predictor: Predictor, phantom_png: Path
+) -> None:
+    blocking = BlockingEngine(predictor)
+    client = make_client(blocking, workers=1, max_queue=0)
+    admission = client.app.state.admission  # type: ignore[attr-defined]
+    busy = threading.Thread(target=lambda: upload(client, phantom_png.read_bytes()))
+    busy.start()
+    wait_until(lambda: admission.in_use == 1)
+    assert upload(client, phantom_png.read_bytes()).status_code == 503  # predictions: full
+    response = client.get("/metrics")  # monitoring: not behind the prediction queue
+    assert response.status_code == 200
+    assert _samples(response.text)[("cxrkit_queue_depth", ())] == 1
+    assert client.get("/v1/monitor").status_code == 200
+    blocking.go.set()
+    busy.join(30)
+
+
+def test_drift_against_the_gate_reference(
+    make_client: Callable[..., TestClient], gated_engine: Engine, phantom: Path
+) -> None:
+    client = make_client(gated_engine)
+    for f in sorted((phantom / "images").glob("*.png"))[:50]:
+        assert upload(client, f.read_bytes()).status_code == 200
+    m = client.get("/v1/monitor").json()
+    assert m["input_gate"] == "fitted" and 0.0 <= m["ood_rate"] <= 1.0
+    findings = set(gated_engine.findings)
+    assert set(m["drift"]["psi"]) == findings and m["drift"]["unavailable"] is None
+    assert all(v >= 0 for v in m["drift"]["psi"].values())
+    assert m["drift"]["reference"]["split"] == "val"
+
+
+def test_model_card_markdown_endpoint(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+    response = client.get("/v1/model/card.md")
+    assert response.status_code == 200 and response.headers["content-type"].startswith(
+        "text/markdown"
+    )
+    assert "Research software, not a medical device" in response.text
+    assert "## Known limitations" in response.text

@@ -1,7 +1,7 @@
 """``cxrkit demo``: the whole flow on phantom data, offline, on a CPU, in a few minutes.
 
-synth -> prepare -> train -> eval -> infer -> cam -> localise, each step the same library call
-the corresponding subcommand makes, writing into one folder::
+synth -> prepare -> train -> eval -> gate -> infer -> cam -> localise, each step the same
+library call the corresponding subcommand makes, writing into one folder::
 
     OUT/phantom/      the phantom dataset (NIH layout)      OUT/prepared/  manifest + cache
     OUT/run/          run folder, checkpoints/best.ckpt     OUT/eval/      metrics.json
@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 from cxrkit.data.prepare import prepare
 from cxrkit.data.synth.dataset import generate_dataset
 from cxrkit.deploy.batch import write_predictions
+from cxrkit.deploy.export import export_bundle
+from cxrkit.deploy.gate_fit import fit_gate
+from cxrkit.deploy.model_card import MODEL_CARD_MD
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.evaluate.results import format_table
 from cxrkit.evaluate.runs import EvalOptions, evaluate_checkpoint
@@ -80,8 +83,15 @@ def run_demo(
             result.best,
             out / "prepared",
             out / "eval",
-            options=EvalOptions(by=("sex", "age_band", "view")),
+            options=EvalOptions(by=("sex", "age_band", "view"), audit=True),
         ),
+        timings,
+    )
+    gate = _step("gate", lambda: fit_gate(result.best, out / "prepared", progress=False), timings)
+    print(f"   {gate.describe()}")
+    bundle = _step(
+        "export",
+        lambda: export_bundle(result.best, out / "bundle", evaluation=evaluated.out),
         timings,
     )
     predictor = Predictor.from_checkpoint(result.best)
@@ -107,7 +117,8 @@ def run_demo(
     print(
         f"\nreport:       {evaluated.out / 'report.html'}\n"
         f"metrics:      {evaluated.metrics_file}\npredictions:  {out / 'predictions.csv'}\n"
-        f"checkpoint:   {result.best}\noverlays:     {', '.join(map(str, overlays))}\n"
+        f"checkpoint:   {result.best}\nmodel card:   {bundle / MODEL_CARD_MD}\n"
+        f"overlays:     {', '.join(map(str, overlays))}\n"
         f"logs:         {out / 'run' / 'logs' / 'metrics.csv'} "
         f"(tensorboard --logdir {out / 'run' / 'tensorboard'})"
     )

@@ -12,7 +12,11 @@ folders stay apart), ``status`` (``ok`` or ``error: <reason>``), ``modality`` (a
 Modality, e.g. ``DX``; empty for PNG/JPEG; a DICOM that is not a radiograph is an error row
 unless allowed), [requested DICOM tags],
 ``prob_<finding>`` (calibrated when the model card has a calibration), ``call_<finding>``
-(0/1 at the card's thresholds), ``findings`` (the positive ones, ``|``-separated).
+(0/1 at the card's thresholds), ``findings`` (the positive ones, ``|``-separated),
+``ood_score`` and ``in_distribution`` (1/0) of the input gate (:mod:`cxrkit.deploy.gate`;
+``inf`` for a structural failure; both empty for unreadable files and for a model without a
+gate). With ``refuse_ood`` a flagged image becomes an error row ``error: outside the training
+distribution (<reasons>)`` that keeps its two gate cells.
 No patient identifier is written unless asked for with ``dicom_tags``.
 """
 
@@ -38,6 +42,7 @@ from tqdm import tqdm
 
 from cxrkit.data.preprocess import Clahe, prepare_image
 from cxrkit.deploy.backends import usable_cores
+from cxrkit.deploy.gate import Verdict, refusal, structural_reasons
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.deploy.records import check_resume, infer_record, save_record
 from cxrkit.errors import UserError, did_you_mean
@@ -55,11 +60,13 @@ class Item:
     error: str | None
     tags: dict[str, str] = field(default_factory=dict)
     modality: str | None = None
+    checks: list[str] = field(default_factory=list)  # the input gate's structural reasons
 
 
 class _Decode(Dataset):
     """Reads and letterboxes image ``i`` (in a worker process when the loader has workers);
-    DICOMs of a modality outside ``modalities`` are refused (None: any)."""
+    DICOMs of a modality outside ``modalities`` are refused (None: any). With ``checks`` the
+    input gate's structural checks run on the decoded file."""
 
     def __init__(
         self,
@@ -68,9 +75,10 @@ class _Decode(Dataset):
         clahe: Clahe | None,
         tags: Sequence[str],
         modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
+        checks: bool = False,
     ):
         self.paths, self.size, self.clahe, self.tags = list(paths), size, clahe, tuple(tags)
-        self.modalities = modalities
+        self.modalities, self.checks = modalities, checks
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -82,7 +90,8 @@ class _Decode(Dataset):
             return Item(i, None, err.reason)
         tags = _dicom_tags(self.paths[i], self.tags) if self.tags and xray.format == "DICOM" else {}
         pixels = prepare_image(xray.pixels, self.size, self.clahe)[None]
-        return Item(i, pixels, None, tags, xray.modality)
+        checks = structural_reasons(xray) if self.checks else []
+        return Item(i, pixels, None, tags, xray.modality, checks)
 
 
 def check_dicom_tags(names: Sequence[str]) -> None:
@@ -111,6 +120,7 @@ class Prediction:
     error: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     modality: str | None = None  # the DICOM Modality; None for PNG/JPEG and unread files
+    gate: Verdict | None = None  # None: unread, or the model has no input gate
 
 
 def predict_paths(
@@ -124,21 +134,28 @@ def predict_paths(
 ) -> Iterator[Prediction]:
     """Predictions for ``paths`` in order; decoding runs ahead of the model (see
     :func:`decoded_batches`). A DICOM of a modality outside ``modalities`` (None: any) gets
-    an error naming its modality."""
-    dataset = _Decode(paths, predictor.letterbox_size, predictor.clahe, dicom_tags, modalities)
+    an error naming its modality. With an input gate in the card each prediction carries its
+    :class:`~cxrkit.deploy.gate.Verdict` (features from the same forward pass)."""
+    checks = predictor.gate is not None
+    dataset = _Decode(
+        paths, predictor.letterbox_size, predictor.clahe, dicom_tags, modalities, checks
+    )
     bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress)
     with bar:
         for items in decoded_batches(dataset, predictor.batch_size, workers):
             good = [it for it in items if it.pixels is not None]
-            probs = (
-                predictor.predict_batch(torch.from_numpy(np.stack([it.pixels for it in good])))
+            probs, verdicts = (
+                predictor.predict_gated(
+                    torch.from_numpy(np.stack([it.pixels for it in good])),
+                    [it.checks for it in good],
+                )
                 if good
-                else np.zeros((0, len(predictor.findings)))
+                else (np.zeros((0, len(predictor.findings))), [])
             )
-            by_index = {it.index: p for it, p in zip(good, probs, strict=True)}
+            by_index = {it.index: (p, v) for it, p, v in zip(good, probs, verdicts, strict=True)}
             for it in items:
-                path, probs = str(paths[it.index]), by_index.get(it.index)
-                yield Prediction(path, probs, it.error, it.tags, it.modality)
+                path, (probs, verdict) = str(paths[it.index]), by_index.get(it.index, (None, None))
+                yield Prediction(path, probs, it.error, it.tags, it.modality, verdict)
             bar.update(len(items))
 
 
@@ -270,8 +287,9 @@ def image_id_of(path: str | Path, root: Path) -> str:
 @dataclass
 class InferSummary:
     ok: int
-    failed: int
+    failed: int  # error rows: unreadable, or refused by the input gate (refuse_ood)
     skipped: int  # already in the CSV (resume)
+    flagged: int = 0  # flagged by the input gate (refused or not)
 
 
 def write_predictions(
@@ -287,8 +305,12 @@ def write_predictions(
     root: str | Path | None = None,
     retry_errors: bool = False,
     modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
+    refuse_ood: bool = False,
 ) -> InferSummary:
     """Stream one CSV row per image to ``out_csv`` (columns in the module docstring).
+
+    ``refuse_ood``: images the input gate flags become error rows (a UserError when the model
+    has no gate: refusing nothing would look the same as refusing nothing flagged).
 
     ``root``: the folder image ids are relative to; None: the deepest folder holding all
     ``paths``. A path outside ``root`` keeps its own path as its id. ``resume`` continues a
@@ -307,10 +329,17 @@ def write_predictions(
         *(f"prob_{f}" for f in names),
         *(f"call_{f}" for f in names),
         "findings",
+        "ood_score",
+        "in_distribution",
     ]
+    if refuse_ood and predictor.gate is None:
+        raise UserError(
+            "--refuse-ood needs an input gate in the model card; fit one with "
+            "`cxrkit gate --checkpoint CKPT --data PREP`"
+        )
     check_output(out_csv, paths)
     check_dicom_tags(dicom_tags)
-    record = infer_record(predictor, modalities, dicom_tags)
+    record = infer_record(predictor, modalities, dicom_tags, refuse_ood)
     done: set[str] = set()
     if out_csv.exists() and resume:
         check_resume(out_csv, record)
@@ -320,7 +349,7 @@ def write_predictions(
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     save_record(out_csv, record)
     todo = [p for p in paths if str(p) not in done]
-    n_ok = n_failed = 0
+    n_ok = n_failed = n_flagged = 0
     with out_csv.open("a" if done or (resume and out_csv.exists()) else "w", newline="") as fh:
         writer = csv.writer(fh)
         if fh.tell() == 0:
@@ -335,36 +364,24 @@ def write_predictions(
                 modalities=modalities,
             )
         ):
-            tags = [pred.tags.get(t, "") for t in dicom_tags]
-            image_id = image_id_of(pred.path, base)
-            if pred.probs is None:
+            path_cells = [pred.path, image_id_of(pred.path, base)]
+            tag_cells = [pred.modality or "", *(pred.tags.get(t, "") for t in dicom_tags)]
+            gate_cells = pred.gate.csv_cells() if pred.gate is not None else ["", ""]
+            flagged = pred.gate is not None and not pred.gate.in_distribution
+            n_flagged += flagged
+            if pred.probs is None or (refuse_ood and flagged):
                 n_failed += 1
-                writer.writerow(
-                    [
-                        pred.path,
-                        image_id,
-                        f"error: {pred.error}",
-                        pred.modality or "",
-                        *tags,
-                        *[""] * (2 * len(names) + 1),
-                    ]
-                )
+                error = pred.error if pred.probs is None else refusal(pred.gate)  # type: ignore[arg-type]
+                empty = [""] * (2 * len(names) + 1)
+                writer.writerow([*path_cells, f"error: {error}", *tag_cells, *empty, *gate_cells])
             else:
                 n_ok += 1
                 calls = predictor.calls(pred.probs[None])[0]
                 positive = "|".join(f for f, c in zip(names, calls, strict=True) if c)
+                probs = [f"{p:.6f}" for p in pred.probs]
                 writer.writerow(
-                    [
-                        pred.path,
-                        image_id,
-                        "ok",
-                        pred.modality or "",
-                        *tags,
-                        *(f"{p:.6f}" for p in pred.probs),
-                        *(int(c) for c in calls),
-                        positive,
-                    ]
+                    [*path_cells, "ok", *tag_cells, *probs, *map(int, calls), positive, *gate_cells]
                 )
             if k % predictor.batch_size == predictor.batch_size - 1:
                 fh.flush()
-    return InferSummary(ok=n_ok, failed=n_failed, skipped=len(paths) - len(todo))
+    return InferSummary(ok=n_ok, failed=n_failed, skipped=len(paths) - len(todo), flagged=n_flagged)

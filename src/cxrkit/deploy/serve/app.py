@@ -9,6 +9,10 @@ Status codes of ``/v1/predict``: 200; 400 malformed multipart; 401 missing or wr
 multipart, or content that does not decode as PNG/JPEG/DICOM (the reason is returned);
 422 no ``file`` field or a bad ``cam`` value; 503 + ``Retry-After`` when every worker and
 queue place is taken; 504 the prediction did not finish within ``timeout``.
+
+A 200 answer says whether the image looks like the model's training data (``input_gate``,
+see :mod:`cxrkit.deploy.serve.engine`); a flagged image is still predicted, the page shows the
+warning above the findings.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import MutableHeaders
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,8 +41,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cxrkit import __version__
 from cxrkit.deploy.serve.engine import DISCLAIMER, Engine
 from cxrkit.deploy.serve.limits import Admission, ServeSettings, Stopwatch
+from cxrkit.deploy.serve.monitor import Monitor, RequestMetrics
 from cxrkit.deploy.serve.upload import UploadError, check_declared_size, read_upload
 from cxrkit.errors import UserError
+from cxrkit.files import strict_json
 from cxrkit.io.xray import ImageReadError
 
 log = logging.getLogger("cxrkit.serve")
@@ -65,6 +73,7 @@ UPLOAD_SCHEMA = {
         },
     }
 }
+MONITORED = ("/v1/predict", "/v1/model", "/v1/model/card.md", "/v1/monitor", "/metrics", "/health")
 _bearer = HTTPBearer(auto_error=False, description="needed when the server has a token")
 
 
@@ -119,8 +128,16 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     )
     app.state.admission = admission
     app.state.engine = engine
+    monitor = app.state.monitor = Monitor(
+        engine.findings,
+        engine.predictor.card.get("reference"),
+        gate=engine.predictor.gate is not None,
+        window=settings.monitor_window,
+        queue_depth=lambda: admission.in_use,
+    )
 
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestMetrics, monitor=monitor, endpoints=MONITORED)
 
     def require_token(
         credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
@@ -157,6 +174,34 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
     @app.get("/v1/model", summary="the model card", dependencies=[Depends(require_token)])
     async def model() -> dict[str, Any]:
         return engine.model_card()
+
+    @app.get(
+        "/v1/model/card.md",
+        summary="MODEL_CARD.md: the card a reviewer reads (a bundle's own file, with its test "
+        "figures; for a checkpoint, written from its card)",
+        dependencies=[Depends(require_token)],
+        response_class=PlainTextResponse,
+    )
+    async def model_card_md() -> PlainTextResponse:
+        return PlainTextResponse(engine.model_card_markdown(), media_type="text/markdown")
+
+    @app.get(
+        "/v1/monitor",
+        summary="recent positive-call and OOD rates, and each finding's score drift (PSI) "
+        "against the card's validation reference",
+        dependencies=[Depends(require_token)],
+    )
+    async def monitor_summary() -> dict[str, Any]:
+        return strict_json(monitor.summary())
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (text exposition format); the token applies when set",
+        dependencies=[Depends(require_token)],
+        response_class=PlainTextResponse,
+    )
+    async def metrics() -> Response:
+        return Response(monitor.prometheus(), media_type=CONTENT_TYPE_LATEST)
 
     async def _read(request: Request, clock: Stopwatch) -> bytes:
         """The upload's bytes, in memory, within the size limit and the time left."""
@@ -226,14 +271,22 @@ def create_app(engine: Engine, settings: ServeSettings) -> FastAPI:
         except ImageReadError as err:
             log.info("predict 415: unreadable upload (%d bytes)", len(data))
             raise _fail(415, f"not a readable image: {err.reason}") from None
-        info = result["image_info"]
+        info, gate = result["image_info"], result["input_gate"]
+        monitor.record_prediction(
+            np.array([f["probability"] for f in result["findings"]]),
+            np.array([f["call"] for f in result["findings"]]),
+            None if gate is None else bool(gate["in_distribution"]),
+        )
         log.info(
-            "predict 200: %s %dx%d, %d bytes, %d positive, %.0f ms",
+            "predict 200: %s %dx%d, %d bytes, %d positive, %s, %.0f ms",
             info["format"],
             info["width"],
             info["height"],
             len(data),
             len(result["positive"]),
+            "no input gate"
+            if gate is None
+            else ("in distribution" if gate["in_distribution"] else "flagged out of distribution"),
             1000 * clock.elapsed(),
         )
         return JSONResponse(result)

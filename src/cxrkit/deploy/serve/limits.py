@@ -35,6 +35,7 @@ class ServeSettings:
     timeout: float = 60.0
     max_pixels: int = DEFAULT_MAX_PIXELS
     display_size: int = 1024
+    monitor_window: int = 500  # recent predictions behind /v1/monitor's rates and PSI
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -45,6 +46,8 @@ class ServeSettings:
             raise UserError(f"--max-queue must be >= 0, got {self.max_queue}")
         if self.workers < 1:
             raise UserError(f"--workers must be >= 1, got {self.workers}")
+        if self.monitor_window < 1:
+            raise UserError(f"--monitor-window must be >= 1, got {self.monitor_window}")
         if self.timeout <= 0:
             raise UserError(f"--timeout must be > 0 seconds, got {self.timeout}")
         if self.token is not None and len(self.token) < 8:

@@ -25,11 +25,13 @@ common reading: below 0.1 stable, 0.1-0.25 a moderate shift, above 0.25 a major 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 PSI_FLOOR = 1e-4
 PSI_BANDS = ((0.1, "stable"), (0.25, "moderate shift"), (float("inf"), "major shift"))
@@ -190,3 +192,29 @@ class Monitor:
         for f, value in (s["drift"]["psi"] or {}).items():
             self.psi.labels(f).set(value)
         return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """ASGI middleware: every answered HTTP request into ``monitor`` (status and seconds),
+    labelled by path for the known ``endpoints`` and ``other`` for the rest (so a scanner's
+    random paths cannot grow the label set)."""
+
+    def __init__(self, app: ASGIApp, monitor: Monitor, endpoints: tuple[str, ...]) -> None:
+        self.app, self.monitor, self.endpoints = app, monitor, endpoints
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), [500]
+
+        async def send_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = scope["path"] if scope["path"] in self.endpoints else "other"
+            self.monitor.record_request(path, status[0], time.perf_counter() - started)

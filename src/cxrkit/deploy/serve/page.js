@@ -71,6 +71,13 @@ async function loadCard() {
       el("dd", { textContent: calibration }),
       el("dt", { textContent: "Validation macro AUROC" }),
       el("dd", { textContent: fmt(card.val_metrics && card.val_metrics.macro_auroc) }),
+      el("dt", { textContent: "Input gate" }),
+      el("dd", {
+        textContent: card.input_gate
+          ? `flags images unlike the training data (threshold ${fmt(card.input_gate.threshold, 1)}, ` +
+            `${fmt(100 * card.input_gate.false_alarm_rate, 0)}% false alarms on validation)`
+          : "none fitted: images unlike the training data are not flagged",
+      }),
       el("dt", { textContent: "Model version" }),
       el("dd", { textContent: `cxrkit ${card.cxrkit_version} (server ${card.server.cxrkit_version})` }),
     ]);
@@ -97,6 +104,32 @@ async function loadCard() {
   }
 }
 
+async function loadCardText() {
+  const response = await fetch("v1/model/card.md", { headers: authHeaders() });
+  $("card-md-text").textContent = response.ok
+    ? await response.text()
+    : `MODEL_CARD.md: ${response.status} ${response.statusText}`;
+}
+
+function describeDrift(drift) {
+  if (!drift.psi) return `drift: n/a (${drift.unavailable})`;
+  const worst = Object.entries(drift.psi).sort((a, b) => b[1] - a[1])[0];
+  if (!worst) return "drift: n/a (no finding has a reference)";
+  return `drift: ${drift.reading[worst[0]]} (largest PSI ${fmt(worst[1], 2)}, ${worst[0]})`;
+}
+
+async function loadMonitor() {
+  try {
+    const m = await api("v1/monitor");
+    const ood = m.ood_rate === null ? m.input_gate : `${fmt(100 * m.ood_rate, 0)}% flagged`;
+    $("monitor").textContent =
+      `Last ${m.window.images} of ${m.images_since_start} image(s) since start: ${ood}; ` +
+      describeDrift(m.drift) + ".";
+  } catch (err) {
+    $("monitor").textContent = `Monitor: ${err.message}`;
+  }
+}
+
 async function predict(file, cam) {
   const form = new FormData();
   form.append("file", file);
@@ -110,18 +143,22 @@ async function analyse(file) {
   state.selected = null;
   setStatus("Analysing…");
   $("findings").hidden = true;
+  $("gate-warning").hidden = true;
+  $("gate-note").hidden = true;
   $("positives").textContent = "";
   try {
     const result = await predict(file, null);
     state.result = result;
     Object.assign(state.heatmaps, result.heatmaps || {});
     await showImage(result);
+    renderGate(result);
     renderFindings(result);
     const info = result.image_info;
     $("image-info").textContent =
       `${info.format}, ${info.width}×${info.height} px, ${info.bits_stored}-bit` +
       (info.format === "DICOM" ? "; shown with the windowing the model sees" : "");
     setStatus(result.calibrated ? "Done (calibrated probabilities)." : "Done.");
+    loadMonitor();
   } catch (err) {
     setStatus(`Could not analyse this file: ${err.message}`, true);
     $("viewer").hidden = true;
@@ -140,6 +177,20 @@ function showImage(result) {
     $("colorbar").hidden = true;
     $("overlay-label").textContent = "Click a finding to overlay its heatmap.";
   });
+}
+
+// The input gate's verdict, shown above the findings: a warning when the image is flagged.
+function renderGate(result) {
+  const gate = result.input_gate;
+  if (!gate) {
+    $("gate-note").textContent = (result.warnings || ["no input gate"]).join("; ");
+    $("gate-note").hidden = false;
+    return;
+  }
+  if (!gate.in_distribution) {
+    $("gate-reasons").textContent = `Why: ${gate.reasons.join("; ")}.`;
+    $("gate-warning").hidden = false;
+  }
 }
 
 function renderFindings(result) {
@@ -263,8 +314,12 @@ function setup() {
     e.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
     loadCard();
+    loadCardText();
+    loadMonitor();
   });
   loadCard();
+  loadCardText();
+  loadMonitor();
 }
 
 document.addEventListener("DOMContentLoaded", setup);
