@@ -44,6 +44,20 @@ def prepared(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def gated(trained: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny trained checkpoint with an input gate fitted on its own prepared
+    folder (``trained``'s own checkpoint stays without one). Read-only: copy it to change it."""
+    import shutil
+
+    from cxrkit.deploy.gate_fit import fit_gate
+
+    ckpt = tmp_path_factory.mktemp("gated") / "best.ckpt"
+    shutil.copy(trained / "checkpoints" / "best.ckpt", ckpt)
+    fit_gate(ckpt, prepared, progress=False)
+    return ckpt
+
+
 TINY_OVERRIDES = [
     "model.backbone=resnet10t",
     "model.pretrained=false",

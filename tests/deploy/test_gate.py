@@ -37,15 +37,6 @@ def _material():  # noqa: ANN202 - the benchmark's module of non-chest images
 
 
 @pytest.fixture(scope="module")
-def gated(trained: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny trained checkpoint with a gate fitted on its own prepared folder."""
-    ckpt = tmp_path_factory.mktemp("gated") / "best.ckpt"
-    shutil.copy(trained / "checkpoints" / "best.ckpt", ckpt)
-    fit_gate(ckpt, prepared, progress=False)
-    return ckpt
-
-
-@pytest.fixture(scope="module")
 def test_images(prepared: Path) -> list[Path]:
     return [Path(p) for p in load_manifest(prepared).rows("test")["path"]]
 

@@ -16,7 +16,6 @@ import pytest
 from cxrkit.cli.parser import main
 from cxrkit.data.manifest import load_manifest
 from cxrkit.deploy.batch import _Decode, decoded_batches, predict_paths, write_predictions
-from cxrkit.deploy.gate_fit import fit_gate
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.deploy.sources import resolve_sources
 from cxrkit.errors import UserError
@@ -221,15 +220,6 @@ def test_resume_refuses_another_model_or_other_options(
     with pytest.raises(UserError, match="cannot be checked"):
         write_predictions(Predictor.from_checkpoint(ckpt), images, out, resume=True,
                           progress=False)  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def gated(trained: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny checkpoint with an input gate (the session's stays without)."""
-    ckpt = tmp_path_factory.mktemp("gated") / "best.ckpt"
-    shutil.copy(trained / "checkpoints" / "best.ckpt", ckpt)
-    fit_gate(ckpt, prepared, progress=False)
-    return ckpt
 
 
 def _source_with_a_photo(images: list[Path], folder: Path) -> Path:

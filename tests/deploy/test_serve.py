@@ -22,7 +22,6 @@ import torch
 from fastapi.testclient import TestClient
 
 from cxrkit.cli.parser import main
-from cxrkit.deploy.gate_fit import fit_gate
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.deploy.serve.app import check_port, create_app
 from cxrkit.deploy.serve.engine import Engine
@@ -373,14 +372,9 @@ def test_settings_and_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 @pytest.fixture(scope="module")
-def gated_engine(trained: Path, prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Engine:
-    """An engine over a copy of the tiny checkpoint with an input gate fitted."""
-    import shutil
-
-    ckpt = tmp_path_factory.mktemp("gated") / "best.ckpt"
-    shutil.copy(trained / "checkpoints" / "best.ckpt", ckpt)
-    fit_gate(ckpt, prepared, progress=False)
-    return Engine(Predictor.from_checkpoint(ckpt), max_pixels=10_000_000, display_size=512)
+def gated_engine(gated: Path) -> Engine:
+    """An engine over the tiny checkpoint with an input gate fitted (conftest's ``gated``)."""
+    return Engine(Predictor.from_checkpoint(gated), max_pixels=10_000_000, display_size=512)
 
 
 def test_input_gate_in_predict_and_model(
