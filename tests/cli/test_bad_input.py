@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from cxrkit.cli.parser import main
 
@@ -267,6 +268,53 @@ CASES: dict[str, tuple[Build, str]] = {
         ),  # fmt: skip
         "did you mean 'PatientName'",
     ),
+    "infer --device cuda on a machine without a GPU": (
+        lambda w: (
+            f"infer --checkpoint {w.ckpt} --source {w.image} --out {w.tmp}/p.csv "
+            "--device cuda".split()
+            if not torch.cuda.is_available()
+            else pytest.skip("this machine has a CUDA GPU"),
+            [],
+        ),
+        "--device cuda: this machine has no CUDA GPU",
+    ),
+    "eval --checkpoint --device cuda on a machine without a GPU": (
+        lambda w: (
+            f"eval --checkpoint {w.ckpt} --data {w.prep} --out {w.tmp}/ev --device cuda".split()
+            if not torch.cuda.is_available()
+            else pytest.skip("this machine has a CUDA GPU"),
+            [],
+        ),
+        "--device cuda: this machine has no CUDA GPU",
+    ),
+    "infer --device cuda:7": (
+        lambda w: (
+            f"infer --checkpoint {w.ckpt} --source {w.image} --out {w.tmp}/p.csv "
+            "--device cuda:7".split(),
+            [],
+        ),
+        "--device cuda:7: this machine has",
+    ),
+    "infer --device tpu": (
+        lambda w: (
+            f"infer --checkpoint {w.ckpt} --source {w.image} --out {w.tmp}/p.csv "
+            "--device tpu".split(),
+            [],
+        ),
+        "unknown --device 'tpu'; did you mean 'cpu'?",
+    ),
+    "infer --precision fp16 on the CPU": (
+        lambda w: (
+            f"infer --checkpoint {w.ckpt} --source {w.image} --out {w.tmp}/p.csv "
+            "--device cpu --precision fp16".split(),
+            [],
+        ),
+        "--precision fp16 on the CPU",
+    ),
+    "eval --predictions with --device": (
+        lambda w: (_eval(w, "--device", "cpu"), [w.preds]),
+        "--device and --precision run a model: they go with --checkpoint",
+    ),
     "serve: a port already in use": (
         lambda w: (["serve", "--checkpoint", str(w.ckpt), "--port", str(w.busy_port)], []),
         "cannot listen on 127.0.0.1:",
@@ -355,7 +403,7 @@ def test_tiny_images_and_skipped_files_are_named(
                  str(out_csv), "--workers", "0"])  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 3, err  # partial: one image could not be predicted
-    assert [line for line in err.splitlines() if "warning" in line] == [
+    assert [line for line in err.splitlines() if "were skipped" in line] == [
         f"cxrkit infer: warning: 1 file(s) under {folder} are not PNG, JPEG or DICOM and were "
         "skipped: scan.tiff"
     ]

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cxrkit.data.manifest import load_manifest
-from cxrkit.evaluate.runs import EvalOptions, card_decision, evaluate_checkpoint, tuning_origin
+from cxrkit.evaluate.card import card_decision, tuning_origin
+from cxrkit.evaluate.runs import EvalOptions, evaluate_checkpoint
 from cxrkit.models.checkpoint import read_checkpoint
 
 TRAINED_ON = {"datasets": [{"dataset": "nih", "patients_sha256": {"val": "aaa", "train": "t"}}]}

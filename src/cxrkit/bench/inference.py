@@ -1,10 +1,12 @@
 """``cxrkit bench infer``: model-only and end-to-end inference images/s on this machine.
 
-Model-only: the network's forward pass on ready, normalised ``(B, 1, S, S)`` batches: PyTorch
-fp32 channels_last, PyTorch bf16 autocast, and onnxruntime and OpenVINO (when installed) on
+Model-only: the network's forward pass on ready, normalised ``(B, 1, S, S)`` batches on the
+chosen ``--device``: PyTorch fp32 channels_last, PyTorch bf16 and fp16 autocast where the
+device allows them (:func:`cxrkit.models.devices.resolve_precision`: bf16 on a CPU, fp16 too
+on a GPU), and, on the CPU only, onnxruntime and OpenVINO (when installed) on
 ``model.onnx`` and ``model.int8.onnx`` where the bundle has them; with no bundle, the
 stand-in is exported to a temporary ONNX file and quantised statically, calibrated on the
-first benchmark images.
+first benchmark images. GPU timings synchronise the device before reading the clock.
 End-to-end: ``cxrkit infer``'s path over a folder of real images — decode and letterbox
 (low-priority threads or worker processes), resize, normalise, forward, sigmoid — with each
 requested backend (default: the one ``infer`` would choose). Model-only and end-to-end runs
@@ -30,8 +32,10 @@ from cxrkit.deploy.export import export_onnx
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.deploy.quantize import file_calibration, quantize_onnx
 from cxrkit.deploy.sources import resolve_sources
+from cxrkit.errors import UserError
 from cxrkit.models.backbones import create_model
 from cxrkit.models.checkpoint import LoadedModel
+from cxrkit.models.devices import resolve_precision, resolve_runtime
 from cxrkit.models.inputs import input_normalization
 
 #: benchmark images that calibrate the stand-in's static int8 ranges
@@ -40,16 +44,19 @@ CALIBRATION = 32
 
 @dataclass
 class InferBench:
-    """Images/s: ``model`` per ``torch-fp32`` / ``torch-bf16`` / ``onnx`` / ``onnx-int8``;
-    ``end_to_end`` per backend run, under the same keys."""
+    """Images/s: ``model`` per ``torch-fp32`` / ``torch-bf16`` / ``torch-fp16`` / ``onnx`` /
+    ``onnx-int8``; ``end_to_end`` per backend run, under the same keys; ``runtime`` the
+    device line (:meth:`cxrkit.models.devices.Runtime.line`) of the end-to-end runs."""
 
     model: dict[str, float]
     end_to_end: dict[str, float]
     n_images: int
     threads: int
+    runtime: str = "device cpu"
 
     def lines(self) -> list[str]:
-        out = [f"model only, {k}: {v:.1f} images/s" for k, v in self.model.items()]
+        out = [self.runtime]
+        out += [f"model only, {k}: {v:.1f} images/s" for k, v in self.model.items()]
         for key, rate in self.end_to_end.items():
             out.append(
                 f"end to end ({self.n_images} images, {key}): "
@@ -83,13 +90,34 @@ def with_onnx(loaded: LoadedModel, folder: Path, calibration: Sequence[Path]) ->
     return LoadedModel(model=loaded.model, card=card, source=folder)
 
 
+def _sync(device: torch.device) -> None:
+    """Wait for the work queued on a GPU (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _allowed(precision: str, device: torch.device) -> bool:
+    """Whether ``--precision precision`` would run on ``device`` (the resolver's rules)."""
+    try:
+        resolve_precision(precision, device)
+    except UserError:
+        return False
+    return True
+
+
 def _model_rate(predictor: Predictor, x: torch.Tensor, batches: int) -> float:
-    """Images/s of ``batches`` forward passes of the ready batch ``x`` (one untimed first)."""
-    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=predictor.bf16):
+    """Images/s of ``batches`` forward passes of the ready ``(B, 1, S, S)`` batch ``x`` (one
+    untimed first), on the predictor's device under its autocast."""
+    x = predictor.to_device(x) if predictor.backend_name == "torch" else x
+    with torch.inference_mode(), predictor.autocast():
         predictor.backend(x)
+        _sync(predictor.device)
         start = time.perf_counter()
         for _ in range(batches):
             predictor.backend(x)
+        _sync(predictor.device)
     return len(x) * batches / (time.perf_counter() - start)
 
 
@@ -114,37 +142,48 @@ def bench_infer(
     onnx: bool = True,
     backends: Sequence[str] = ("auto",),
     repeat: int = 3,
+    device: str = "cpu",
 ) -> InferBench:
     """Measure :class:`InferBench` on the images under ``images``, end to end with each of
-    ``backends`` (names as ``infer --backend``); ``onnx=False`` skips the stand-in's ONNX export
-    and quantisation (a minute or two) and so the onnx figures.
+    ``backends`` (names as ``infer --backend``) on ``device`` at ``precision`` (as ``infer
+    --device`` / ``--precision``); ``onnx=False`` skips the stand-in's ONNX export and
+    quantisation (a minute or two) and so the onnx figures, as a GPU ``device`` does.
 
     ``repeat`` rounds, each timing every model-only run (4 batches) and then every end-to-end
     pass; the figures are the medians over rounds, so a model-only figure and its end-to-end
     figure come from the same moments and drift in the machine's speed hits both alike."""
     paths = resolve_sources(images)
+    runtime = resolve_runtime(device, precision)  # a bad --device fails before any work
+    on_cpu = runtime.device.type == "cpu"
     with tempfile.TemporaryDirectory(prefix="cxrkit-bench-") as tmp:
         if checkpoint:
             loaded = Predictor.from_checkpoint(checkpoint).loaded
+        elif onnx and on_cpu:
+            stand = stand_in(backbone, input_size, letterbox_size)
+            loaded = with_onnx(stand, Path(tmp), paths[:CALIBRATION])
         else:
             loaded = stand_in(backbone, input_size, letterbox_size)
-            loaded = with_onnx(loaded, Path(tmp), paths[:CALIBRATION]) if onnx else loaded
         size = int(loaded.card["input_size"])
         x = torch.randn(batch_size, 1, size, size).contiguous(memory_format=torch.channels_last)
         files = (loaded.card.get("files") or {}) if loaded.source is not None else {}
-        runs = {"torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16")}
+        runs = {
+            f"torch-{prec}": ("torch", prec)
+            for prec in ("fp32", "bf16", "fp16")
+            if _allowed(prec, runtime.device)  # fp16 on a GPU only
+        }
         runs |= {
             name: (name, "fp32")
             for name, file in ONNX_FILES.items()
-            if file in files and backend_available(name)
+            if on_cpu and file in files and backend_available(name)
         }
+        dev = runtime.device
         models = {
-            key: Predictor(loaded, batch_size=batch_size, precision=prec, backend=backend)
-            for key, (backend, prec) in runs.items()
+            key: Predictor(loaded, batch_size=batch_size, precision=prec, backend=name, device=dev)
+            for key, (name, prec) in runs.items()
         }
         ends = [
-            Predictor(loaded, batch_size=batch_size, precision=precision, backend=backend)
-            for backend in backends
+            Predictor(loaded, batch_size=batch_size, precision=precision, backend=name, device=dev)
+            for name in backends
         ]
         ends_by_key = {_key(p): p for p in ends}
         for predictor in ends_by_key.values():  # warm-up: first-call allocations, file cache
@@ -161,6 +200,7 @@ def bench_infer(
         {k: statistics.median(v) for k, v in end_rates.items()},
         len(paths),
         torch.get_num_threads(),
+        ends[0].runtime.line() if ends else runtime.line(),
     )
 
 
@@ -168,4 +208,4 @@ def _key(predictor: Predictor) -> str:
     """The :attr:`InferBench.model` key of the predictor's backend and precision."""
     if predictor.backend_name != "torch":
         return predictor.backend_name
-    return "torch-bf16" if predictor.bf16 else "torch-fp32"
+    return f"torch-{predictor.precision}"

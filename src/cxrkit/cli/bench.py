@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cxrkit.cli.commands import comma_list
+from cxrkit.cli.devices import add_device_arguments, device_options
 
 
 def add_bench_parsers(bench: argparse._SubParsersAction, decode_workers: int) -> None:
@@ -31,7 +32,7 @@ def add_bench_parsers(bench: argparse._SubParsersAction, decode_workers: int) ->
         default=decode_workers,
         help="decoding processes (0: low-priority threads)",
     )
-    b.add_argument("--precision", default="auto", choices=["fp32", "bf16", "auto"])
+    add_device_arguments(b)  # the end-to-end runs' precision; model-only times each allowed
     b.add_argument(
         "--rounds",
         type=int,
@@ -107,10 +108,10 @@ def cmd_bench_infer(a: argparse.Namespace) -> int:
         input_size=a.input_size,
         batch_size=a.batch_size,
         workers=a.workers,
-        precision=a.precision,
         onnx=a.onnx,
         backends=comma_list(a.backend),
         repeat=a.rounds,
+        **device_options(a),
     )
     print("\n".join(result.lines()))
     return 0

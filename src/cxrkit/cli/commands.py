@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,9 +68,14 @@ def cmd_prepare(a: argparse.Namespace) -> int:
         options={k[4:]: v for k, v in vars(a).items() if k.startswith("opt_")},
         clahe=Clahe(clip_limit=a.clahe) if a.clahe else None,
         modalities=allowed_modalities(a.allow_modality),
+        cache_format=a.cache_format,
+        stage=a.stage,
     )
     h = m.header
-    print(f"prepared {h['counts']['prepared']} images of {h['dataset']} into {m.folder}")
+    where = m.location or m.folder
+    print(f"prepared {h['counts']['prepared']} images of {h['dataset']} into {where}")
+    if h["cache"].get("format") == "litdata":
+        print(f"images: LitData shards in {m.cache_entry()[1]}")
     print("counts: " + ", ".join(f"{k} {v}" for k, v in h["counts"].items()))
     print(
         f"split ({h['split']['policy']}): "
@@ -84,6 +90,7 @@ def cmd_prepare(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from cxrkit.deploy.gate_fit import fit_trained_gate
     from cxrkit.train.config import load_config, resolve_recipe
     from cxrkit.train.fit import fit, resume
     from cxrkit.train.module import launched_as_rank_zero
@@ -119,22 +126,30 @@ def cmd_train(a: argparse.Namespace) -> int:
         f"AUROC {result.best_score:.4f}"
     )
     print(f"best checkpoint: {result.best}\nlast checkpoint: {result.last}")
+    print(fit_trained_gate(result.best).describe())
     return 0
 
 
 def cmd_infer(a: argparse.Namespace) -> int:
-    from cxrkit.deploy.batch import write_predictions
+    from cxrkit.cli.devices import device_options, runtime_line
+    from cxrkit.deploy.batch import check_dicom_tags, write_predictions
     from cxrkit.deploy.predictor import Predictor
     from cxrkit.deploy.sources import resolve_sources
 
     predictor = Predictor.from_checkpoint(
-        a.checkpoint, batch_size=a.batch_size, precision=a.precision, tta=a.tta, backend=a.backend
+        a.checkpoint, batch_size=a.batch_size, tta=a.tta, backend=a.backend, **device_options(a)
     )
     if Path(a.out).resolve() == Path(a.source).resolve():
         raise UserError(f"--out {a.out} is the --source itself; write the CSV elsewhere")
-    paths = resolve_sources(a.source)
-    print(f"{len(paths)} file(s); backend {predictor.backend_name}" + _faster_hint(predictor))
     tags = tuple(t for t in a.dicom_tags.split(",") if t) if a.dicom_tags else ()
+    check_dicom_tags(tags)  # bad options fail before any output or warning
+    paths = resolve_sources(a.source)
+    print(runtime_line(predictor))
+    print(f"{len(paths)} file(s); backend {predictor.backend_name}" + _faster_hint(predictor))
+    if predictor.gate is None and not a.refuse_ood:
+        from cxrkit.deploy.gate import NO_GATE_WARNING
+
+        warnings.warn(NO_GATE_WARNING, UserWarning, stacklevel=1)
     s = write_predictions(
         predictor,
         paths,
@@ -146,10 +161,12 @@ def cmd_infer(a: argparse.Namespace) -> int:
         root=Path(a.source) if Path(a.source).is_dir() else None,
         retry_errors=a.retry_errors,
         modalities=allowed_modalities(a.allow_modality),
+        refuse_ood=a.refuse_ood,
     )
     print(
         f"{s.ok} image(s) predicted, {s.failed} failed"
         + (f", {s.skipped} already done (resumed)" if s.skipped else "")
+        + (f", {s.flagged} outside the training distribution" if predictor.gate else "")
         + f"; wrote {a.out}"
     )
     return EXIT_PARTIAL if s.failed else 0
@@ -167,12 +184,14 @@ def allowed_modalities(text: str) -> tuple[str, ...] | None:
 
 def _faster_hint(predictor: Predictor) -> str:
     """A tip when a CPU run could use onnxruntime through a bundle but runs PyTorch fp32."""
-    if predictor.backend_name != "torch" or predictor.device.type != "cpu" or predictor.bf16:
+    cpu_fp32 = predictor.device.type == "cpu" and predictor.precision == "fp32"
+    if predictor.backend_name != "torch" or not cpu_fp32:
         return ""
     return " (tip: `cxrkit export` a bundle and infer from it: onnxruntime is faster on CPU)"
 
 
 def cmd_cam(a: argparse.Namespace) -> int:
+    from cxrkit.cli.devices import device_options, runtime_line
     from cxrkit.deploy.predictor import Predictor
 
     methods = comma_list(a.method)
@@ -184,7 +203,8 @@ def cmd_cam(a: argparse.Namespace) -> int:
             raise UserError("--evaluate needs --boxes BBox_List.csv and --images DIR")
         boxes = loc.read_boxes(a.boxes)
         ids = loc.read_image_list(a.split_file) if a.split_file else None
-        predictor = Predictor.from_checkpoint(a.checkpoint)
+        predictor = Predictor.from_checkpoint(a.checkpoint, **device_options(a))
+        print(runtime_line(predictor))
         result = loc.evaluate_localization(
             predictor,
             boxes,
@@ -214,7 +234,8 @@ def cmd_cam(a: argparse.Namespace) -> int:
         raise UserError("give --image FILE|DIR, or --evaluate with --boxes and --images")
     if len(methods) != 1:
         raise UserError("overlays take one --method; several are for --evaluate")
-    predictor = Predictor.from_checkpoint(a.checkpoint)
+    predictor = Predictor.from_checkpoint(a.checkpoint, **device_options(a))
+    print(runtime_line(predictor))
     print(f"CAM layers: {describe_layers([layer for layer, _ in cam_targets(predictor, layers)])}")
     done = cam_folder(predictor, a.image, a.out, targets=a.target, method=methods[0], layers=layers)
     if len(done.written) == 1:
@@ -238,10 +259,13 @@ def cmd_export(a: argparse.Namespace) -> int:
         data=a.data,
         opset=a.opset,
         overwrite=a.overwrite,
+        evaluation=a.evaluation,
     )
     card = read_bundle_card(out)
     files = ", ".join(f"{n} ({f['bytes'] / 1e6:.1f} MB)" for n, f in card["files"].items())
-    print(f"exported {out}: model_card.json, {files}")
+    print(f"exported {out}: model_card.json, MODEL_CARD.md, {files}")
+    if a.evaluation is None:
+        print("MODEL_CARD.md has validation figures only: add --evaluation EVALDIR for test ones")
     if "onnx" in card:
         print(
             f"ONNX opset {card['onnx']['opset']}: onnxruntime matches PyTorch within "
@@ -263,36 +287,4 @@ def cmd_demo(a: argparse.Namespace) -> int:
     run_demo(
         a.out, overwrite=a.overwrite, n_patients=a.n_patients, workers=a.workers, epochs=a.epochs
     )
-    return 0
-
-
-def cmd_serve(a: argparse.Namespace) -> int:
-    from cxrkit.deploy.predictor import Predictor
-    from cxrkit.deploy.serve.app import check_port, run_server
-    from cxrkit.deploy.serve.engine import DISCLAIMER, Engine
-    from cxrkit.deploy.serve.limits import TOKEN_ENV, ServeSettings, token_from
-
-
-    settings = ServeSettings(
-        host=a.host,
-        port=a.port,
-        token=token_from(a.token),
-        max_upload_mb=a.max_upload_mb,
-        max_queue=a.max_queue,
-        workers=a.workers,
-        timeout=a.timeout,
-    )
-    check_port(a.host, a.port)  # a busy port fails before the model loads and the banner prints
-    predictor = Predictor.from_checkpoint(a.checkpoint, backend=a.backend)
-    engine = Engine(predictor, max_pixels=settings.max_pixels, display_size=settings.display_size)
-    host = f"[{a.host}]" if ":" in a.host else a.host
-    print(f"cxrkit serve: {len(engine.findings)} findings from {a.checkpoint}")
-    print(f"open http://{host}:{a.port}/ (API docs: http://{host}:{a.port}/docs)")
-    print(
-        "bearer token required on /v1/*"
-        if settings.token
-        else f"no token: /v1/* is open to anyone who reaches this address (--token or {TOKEN_ENV})"
-    )
-    print(DISCLAIMER)
-    run_server(engine, settings)
     return 0

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
+from cxrkit.cli.devices import add_device_arguments, device_options
 from cxrkit.errors import UserError
 
 AddParser = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
@@ -34,6 +35,7 @@ def add_evaluate_parsers(add: AddParser) -> None:
     )
     s.add_argument("--checkpoint", help="a cxrkit checkpoint (predicts --data)")
     s.add_argument("--data", help="prepared folder, with --checkpoint")
+    add_device_arguments(s, default=None)  # with --checkpoint only
     s.add_argument(
         "--predictions",
         help="a predictions CSV from any tool: an image column and "
@@ -156,18 +158,27 @@ def cmd_eval(a: argparse.Namespace) -> int:
     if (a.checkpoint is None) == (a.predictions is None):
         raise UserError("give either --checkpoint (with --data) or --predictions (with --labels)")
     if a.checkpoint is not None:
+        from cxrkit.models.devices import resolve_runtime
+
         if a.data is None:
             raise UserError("--checkpoint needs --data PREP (a prepared folder)")
+        print(resolve_runtime(**device_options(a)).line())
         r = evaluate_checkpoint(
             a.checkpoint,
             a.data,
             a.out,
             options=options,
             write_card=True if a.write_card else False if a.no_write_card else None,
+            **device_options(a),
         )
         card = r.metrics["card"]
         print(f"model card {'updated' if card['written'] else 'kept'}: {card['reason']}")
     else:
+        if a.device is not None or a.precision is not None:
+            raise UserError(
+                "--device and --precision run a model: they go with --checkpoint, not with "
+                "--predictions (already computed)"
+            )
         if a.labels is None:
             raise UserError(
                 "--predictions needs --labels (a prepared folder, a labels CSV, or a "

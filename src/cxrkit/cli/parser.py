@@ -31,11 +31,13 @@ from cxrkit.cli.commands import (
     cmd_export,
     cmd_infer,
     cmd_prepare,
-    cmd_serve,
     cmd_synth,
     cmd_train,
 )
+from cxrkit.cli.devices import add_device_arguments
 from cxrkit.cli.evaluate import add_evaluate_parsers
+from cxrkit.cli.gate import add_gate_parser
+from cxrkit.cli.serve import add_serve_parser
 from cxrkit.errors import UserError
 
 
@@ -60,7 +62,27 @@ def add_dataset_parsers(prepare: argparse.ArgumentParser, cpus: int) -> None:
             spec.name, help=spec.title, description=f"{spec.title}. Expected layout: {spec.layout}"
         )
         s.add_argument("--root", required=True, help="the dataset folder as distributed")
-        s.add_argument("--out", required=True, help="output folder for manifest + cache")
+        s.add_argument(
+            "--out",
+            required=True,
+            help="output folder for manifest + cache (with --format litdata also s3://BUCKET/"
+            "PREFIX or gs://BUCKET/PREFIX)",
+        )
+        s.add_argument(
+            "--format",
+            dest="cache_format",
+            choices=("memmap", "litdata"),
+            default="memmap",
+            help="image cache format: memmap (one file, default) or litdata (LitData shards "
+            "that training streams, from a folder or an object store; needs "
+            "pip install 'cxrkit[scale]'); see docs/scale.md",
+        )
+        s.add_argument(
+            "--stage",
+            metavar="DIR",
+            help="with an s3:// or gs:// --out: local folder where images are decoded before "
+            "they are uploaded as shards (default: under $CXRKIT_CACHE or ~/.cache/cxrkit)",
+        )
         s.add_argument("--size", type=int, default=256, help="cache image side (default 256)")
         s.add_argument("--val-fraction", type=float, default=0.1, help="patients for validation")
         s.add_argument(
@@ -135,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--data",
         action="append",
-        help="prepared folder (from `cxrkit prepare`); repeat to train on several",
+        help="prepared folder (from `cxrkit prepare`), or its s3:// / gs:// URI (--format "
+        "litdata); repeat to train on several",
     )
     s.add_argument("--out", help="run folder")
     s.add_argument(
@@ -155,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
 
     add_evaluate_parsers(add)
+    add_gate_parser(add)
 
     s = add(
         "infer",
@@ -179,12 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "in low-priority background threads, one per core up to 4, the faster choice on 2 "
         f"cores; here {decode_workers})",
     )
-    s.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16"],
-        help="auto: bf16 on GPUs and CPUs with native bf16, else fp32",
-    )
+    add_device_arguments(s)
     s.add_argument(
         "--tta",
         action="store_true",
@@ -196,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto, torch, onnx, onnx-int8, openvino or openvino-int8. onnx / onnx-int8: "
         "the bundle's model.onnx / model.int8.onnx under onnxruntime; "
         "openvino / openvino-int8: the same under OpenVINO (openvino-int8 with a static "
-        "--quantize export is the fastest on CPU); auto (default): onnx for a bundle with "
-        "model.onnx on a CPU without native bf16, else torch",
+        "--quantize export is the fastest on CPU; all four run on the CPU only); auto "
+        "(default): onnx for a bundle with model.onnx running fp32 on the CPU, else torch",
     )
     s.add_argument(
         "--dicom-tags",
@@ -213,6 +232,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--retry-errors", action="store_true", help="with --resume: redo the rows that failed"
+    )
+    s.add_argument(
+        "--refuse-ood",
+        action="store_true",
+        help="images the input gate flags as unlike the training data become error rows "
+        "(exit code 3) instead of predictions",
     )
     add_allow_modality(s)
     s.add_argument(
@@ -247,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         "side at the model's input size, the deepest stage with 7 and the next finer one)",
     )
     s.add_argument("--out", required=True, help="output folder")
+    add_device_arguments(s)
     s.add_argument(
         "--evaluate",
         action="store_true",
@@ -293,6 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
         "its val split measures the macro AUROC change (stored in the card)",
     )
     s.add_argument("--opset", type=int, default=None, help="ONNX opset (default: exporter's)")
+    s.add_argument(
+        "--evaluation",
+        metavar="EVALDIR",
+        help="a `cxrkit eval --checkpoint` folder of this checkpoint: its test figures, "
+        "subgroups and shortcut audit go into MODEL_CARD.md",
+    )
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
     s = add("bench", lambda a: 0, "throughput figures on this machine")
@@ -309,21 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=cpus)
     s.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
 
-    s = add("serve", cmd_serve, "REST API and web page for one model (research use only)")
-    s.add_argument("--checkpoint", required=True, help="checkpoint (or exported bundle)")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--token", help="bearer token required on /v1/* (or set CXRKIT_SERVE_TOKEN)")
-    s.add_argument("--max-upload-mb", type=float, default=50.0, help="upload limit (413 above)")
-    s.add_argument("--max-queue", type=int, default=8, help="requests waiting beyond --workers")
-    s.add_argument("--workers", type=int, default=1, help="prediction threads (default 1)")
-    s.add_argument(
-        "--backend",
-        default="auto",
-        help="as infer --backend: auto, torch, onnx, onnx-int8, openvino, openvino-int8 "
-        "(heatmaps always use the PyTorch weights)",
-    )
-    s.add_argument("--timeout", type=float, default=60.0, help="seconds per request (408/504)")
+    add_serve_parser(add)
     return p
 
 

@@ -1,10 +1,24 @@
 """Inference backends: what turns a normalised float batch into logits for a Predictor.
 
-A backend is any callable ``(N, 1, S, S)`` normalised float tensor -> ``(N, C)`` logits:
+A backend is any callable ``(N, 1, S, S)`` normalised float tensor -> ``(N, C)`` logits, with
+a method ``with_features(x) -> ((N, C) logits, (N, D) features or None)``: the penultimate
+features (pooled, pre-logits) of the same forward pass, which the input gate
+(:mod:`cxrkit.models.gate`) scores:
 
-* ``auto`` (default): ``onnx`` for a bundle that has ``model.onnx`` when running on a CPU
-  without native bf16 (onnxruntime ran DenseNet121 about 1.5x faster than PyTorch fp32 on the
-  2-core benchmark machine, docs/benchmarks.md), else ``torch``.
+* PyTorch: timm's ``forward_features`` then ``forward_head`` twice (``pre_logits=True`` for the
+  features, the plain head for the logits), so one pass through the network gives both.
+* ONNX / OpenVINO: the bundle's ONNX files have a second output ``features``
+  (:mod:`cxrkit.deploy.export` writes it), read from the same inference. A bundle exported
+  before that output existed has ``logits`` only: ``with_features`` then returns None and the
+  :class:`~cxrkit.deploy.predictor.Predictor` computes the features with the PyTorch weights the
+  bundle also carries (a second forward pass). The int8 files' features are quantised too.
+
+The backends:
+
+* ``auto`` (default): ``onnx`` for a bundle that has ``model.onnx`` when running fp32 on the
+  CPU (``--precision auto`` on a CPU without native bf16; onnxruntime ran DenseNet121 about
+  1.5x faster than PyTorch fp32 on the 2-core benchmark machine, docs/benchmarks.md), else
+  ``torch`` (always on a GPU).
 * ``torch``: the PyTorch module itself, on the predictor's device.
 * ``onnx``: the bundle's ``model.onnx`` under onnxruntime's CPU provider.
 * ``onnx-int8``: the bundle's ``model.int8.onnx`` (``export --quantize static|dynamic``) under
@@ -14,8 +28,9 @@ A backend is any callable ``(N, 1, S, S)`` normalised float tensor -> ``(N, C)``
   1.4x onnxruntime fp32 for DenseNet121 on 2 AVX2 cores (docs/benchmarks.md); onnxruntime's
   int8 kernels gained little there.
 
-These backends need a bundle folder (``cxrkit export``) whose card lists the file, so the file
-was checked against its sha256 when the bundle was loaded.
+The ONNX and OpenVINO backends run on the CPU only: asked for with a GPU ``--device`` they are
+refused (one line). They need a bundle folder (``cxrkit export``) whose card lists the file,
+so the file was checked against its sha256 when the bundle was loaded.
 """
 
 from __future__ import annotations
@@ -34,6 +49,7 @@ from cxrkit.errors import UserError, did_you_mean
 from cxrkit.models.checkpoint import LoadedModel
 
 Backend = Callable[[torch.Tensor], torch.Tensor]
+Both = tuple[torch.Tensor, torch.Tensor | None]
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 ONNX_FILES = {
@@ -52,16 +68,55 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+class TorchBackend:
+    """A timm module: calling it gives logits; :meth:`with_features` logits and features from
+    one pass (``forward_features``, then the head with and without ``pre_logits``)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def with_features(self, x: torch.Tensor) -> Both:
+        """``(N, 1, S, S)`` -> ``(N, C)`` logits and ``(N, D)`` pooled pre-logit features."""
+        fmap = self.model.forward_features(x)
+        return self.model.forward_head(fmap), self.model.forward_head(fmap, pre_logits=True)
+
+
+class WithFeatures(nn.Module):
+    """``model`` with two outputs, ``(N, C)`` logits and ``(N, D)`` features (what
+    :mod:`cxrkit.deploy.export` writes to ONNX as ``logits`` and ``features``)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = TorchBackend(self.model).with_features(x)
+        assert features is not None
+        return logits, features
+
+
 class ArrayBackend:
     """A runtime over an exported ONNX file: :meth:`run` maps float32 arrays, calling it maps
     torch tensors like the module it replaces."""
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """``(N, 1, S, S)`` float32 array -> ``(N, C)`` float32 logits."""
+        return self.run_both(x)[0]
+
+    def run_both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(N, 1, S, S)`` float32 -> ``(N, C)`` logits and ``(N, D)`` features (None when the
+        file has no ``features`` output)."""
         raise NotImplementedError
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.run(x.detach().float().cpu().numpy()))
+
+    def with_features(self, x: torch.Tensor) -> Both:
+        logits, features = self.run_both(x.detach().float().cpu().numpy())
+        return torch.from_numpy(logits), None if features is None else torch.from_numpy(features)
 
 
 class OnnxBackend(ArrayBackend):
@@ -84,9 +139,14 @@ class OnnxBackend(ArrayBackend):
             str(self.path), options, providers=["CPUExecutionProvider"]
         )
         self.input_name = self.session.get_inputs()[0].name
+        self.has_features = len(self.session.get_outputs()) > 1
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
+
+    def run_both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        return out[0], out[1] if self.has_features else None
 
 
 class OpenVinoBackend(ArrayBackend):
@@ -111,13 +171,17 @@ class OpenVinoBackend(ArrayBackend):
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_PRECISION_HINT": "f32",
         }
-        self.request = core.compile_model(str(self.path), "CPU", config).create_infer_request()
+        compiled = core.compile_model(str(self.path), "CPU", config)
+        self.has_features = len(compiled.outputs) > 1
+        self.request = compiled.create_infer_request()
         self.lock = threading.Lock()
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run_both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         with self.lock:
             out = self.request.infer({0: np.ascontiguousarray(x, np.float32)})
-            return np.array(out[0], dtype=np.float32, copy=True)
+            logits = np.array(out[0], dtype=np.float32, copy=True)
+            features = np.array(out[1], dtype=np.float32, copy=True) if self.has_features else None
+            return logits, features
 
 
 def backend_available(name: str) -> bool:
@@ -125,22 +189,29 @@ def backend_available(name: str) -> bool:
     return not name.startswith("openvino") or importlib.util.find_spec("openvino") is not None
 
 
-def resolve_backend(name: str, loaded: LoadedModel, device: torch.device, bf16: bool) -> str:
-    """The backend ``name`` stands for: ``auto`` becomes ``onnx`` or ``torch`` (see the module
-    docstring); any other name is returned as it is."""
+def resolve_backend(name: str, loaded: LoadedModel, device: torch.device, precision: str) -> str:
+    """The backend ``name`` stands for on ``device`` at ``precision`` (``fp32``, ``bf16`` or
+    ``fp16``): ``auto`` becomes ``onnx`` or ``torch`` (see the module docstring); any other
+    name is returned as it is, except an ONNX/OpenVINO one on a GPU (a UserError)."""
     if name != "auto":
+        if name in ONNX_FILES and device.type != "cpu":
+            raise UserError(
+                f"--backend {name} runs on the CPU only, not on --device {device}; use "
+                "--backend torch (or auto) on a GPU, or --device cpu"
+            )
         return name
     source = loaded.source
     has_onnx = (
         source is not None and source.is_dir() and ONNX_FILE in (loaded.card.get("files") or {})
     )
-    return "onnx" if device.type == "cpu" and not bf16 and has_onnx else "torch"
+    return "onnx" if device.type == "cpu" and precision == "fp32" and has_onnx else "torch"
 
 
-def create_backend(name: str, loaded: LoadedModel, model: nn.Module) -> Backend:
-    """``model`` for ``torch``; an :class:`OnnxBackend` over the bundle's file otherwise."""
+def create_backend(name: str, loaded: LoadedModel, model: nn.Module) -> TorchBackend | ArrayBackend:
+    """A :class:`TorchBackend` over ``model`` for ``torch``; an :class:`OnnxBackend` or
+    :class:`OpenVinoBackend` over the bundle's file otherwise."""
     if name == "torch":
-        return model
+        return TorchBackend(model)
     if name not in ONNX_FILES:
         raise did_you_mean(name, BACKENDS, what="backend")
     file = ONNX_FILES[name]

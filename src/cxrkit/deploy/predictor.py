@@ -3,12 +3,18 @@
 Preprocessing is exactly training's: the image is letterboxed to the cache size recorded in
 the card (aspect kept, zero padding), then resized to the input size and normalised by
 :func:`cxrkit.models.inputs.eval_transform`. Outputs are probabilities ``(N, C)`` and 0/1 calls
-at the card's per-finding thresholds (0.5 where none were tuned).
+at the card's per-finding thresholds (0.5 where none were tuned), and on request the
+penultimate features ``(N, D)`` (:meth:`Predictor.features_batch`,
+:meth:`Predictor.embed_manifest`) that the input gate and linear probes use.
+
+Device and precision are resolved by :func:`cxrkit.models.devices.resolve_runtime` (``cpu`` by
+default here, ``auto`` on the command line); bf16 or fp16 run the model under autocast, fp32
+without it (exact). On CUDA, cache batches are pinned and copied asynchronously.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,42 +25,41 @@ from tqdm import tqdm
 from cxrkit.data.batches import CacheBatches, cache_spec, sequential_batches
 from cxrkit.data.manifest import Manifest
 from cxrkit.data.preprocess import Clahe, prepare_image
-from cxrkit.deploy.backends import create_backend, resolve_backend
+from cxrkit.deploy.backends import TorchBackend, create_backend, resolve_backend
+from cxrkit.deploy.gate import InputGate, Verdict
 from cxrkit.errors import UserError
 from cxrkit.evaluate.calibration import Calibrator
-from cxrkit.models.backbones import cpu_has_native_bf16
 from cxrkit.models.checkpoint import LoadedModel, load_model
+from cxrkit.models.devices import AUTOCAST_DTYPES, resolve_runtime
 from cxrkit.models.inputs import eval_transform, normalize, to_unit, tta_views
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class Predictor:
-    """Checkpoint -> preprocess -> probabilities -> calls. CPU by default."""
+    """Checkpoint -> preprocess -> probabilities -> calls. CPU by default; ``device`` and
+    ``precision`` take what ``--device`` / ``--precision`` take (:mod:`cxrkit.models.devices`)."""
 
     def __init__(
         self,
         loaded: LoadedModel,
         *,
         batch_size: int = 16,
-        device: str = "cpu",
+        device: str | torch.device = "cpu",
         precision: str = "auto",
         tta: bool = False,
         backend: str = "auto",
     ):
-        if precision not in PRECISIONS:
-            raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.runtime = resolve_runtime(device, precision)
+        self.device = self.runtime.device
+        self.precision = self.runtime.precision  # fp32, bf16 or fp16
+        self.backend_name = resolve_backend(backend, loaded, self.device, self.precision)
         self.loaded = loaded
         self.card = loaded.card
         self.findings = loaded.findings
         self.thresholds = loaded.thresholds()
         self.batch_size = batch_size
-        self.device = torch.device(device)
         self.model = loaded.model.to(self.device).eval().to(memory_format=torch.channels_last)
-        native = self.device.type == "cuda" or cpu_has_native_bf16()
-        self.bf16 = precision == "bf16" or (precision == "auto" and native)
-        self.backend_name = resolve_backend(backend, loaded, self.device, self.bf16)
         self.backend = create_backend(self.backend_name, loaded, self.model)
+        self.torch_backend = TorchBackend(self.model)
         self.tta = tta
         norm = self.card["normalization"]
         self.mean, self.std = float(norm["mean"]), float(norm["std"])
@@ -63,6 +68,30 @@ class Predictor:
         self.clahe = Clahe.from_dict(norm.get("clahe"))
         calibration = self.card.get("calibration")
         self.calibrator = Calibrator.from_dict(calibration) if calibration else None
+        self.gate = InputGate.from_card(self.card)  # None: no input gate fitted
+
+    @property
+    def bf16(self) -> bool:
+        """True when the model runs under bf16 autocast."""
+        return self.precision == "bf16"
+
+    def runtime_record(self) -> dict[str, str]:
+        """``{"device": "cuda:0", "precision": "bf16", "backend": "torch"}``: what ``eval``'s
+        metrics.json, ``infer``'s record and ``serve``'s ``/v1/model`` store as ``runtime``."""
+        return {
+            "device": str(self.device),
+            "precision": self.precision,
+            "backend": self.backend_name,
+        }
+
+    def autocast(self) -> torch.autocast:
+        """The autocast context of :attr:`precision` (disabled for fp32)."""
+        dtype = AUTOCAST_DTYPES.get(self.precision, torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.precision != "fp32")
+
+    def to_device(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` on the model's device (asynchronously from pinned memory on CUDA)."""
+        return images.to(self.device, non_blocking=images.is_pinned())
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: object) -> Predictor:
@@ -74,36 +103,75 @@ class Predictor:
 
     def model_input(self, images: torch.Tensor) -> torch.Tensor:
         """``(N, 1, L, L)`` uint8 -> ``(N, 1, S, S)`` normalised float on the model's device."""
-        return eval_transform(images.to(self.device), self.input_size, self.mean, self.std)
+        return eval_transform(self.to_device(images), self.input_size, self.mean, self.std)
 
-    @torch.inference_mode()
     def predict_batch(self, images: torch.Tensor, *, calibrated: bool = True) -> np.ndarray:
         """``(N, 1, L, L)`` uint8 -> ``(N, C)`` float64 probabilities, calibrated when the card
         holds a calibration (fitted on validation by ``cxrkit eval``) and ``calibrated``.
 
-        channels_last always; bf16 autocast when enabled (probabilities stay within 0.01 of
+        channels_last always; bf16 or fp16 autocast unless fp32 (probabilities stay within 0.01 of
         fp32, checked by a test); with ``tta`` the logits are averaged over six views (the
         image, a 6% zoom and four 3% shifts; never a horizontal flip)."""
+        return self._forward(images, calibrated=calibrated, features=False)[0]
+
+    def predict_with_features(
+        self, images: torch.Tensor, *, calibrated: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(N, 1, L, L)`` uint8 -> ``(N, C)`` float64 probabilities (as :meth:`predict_batch`)
+        and ``(N, D)`` float32 penultimate features, from the same forward pass where the
+        backend gives both (see :mod:`cxrkit.deploy.backends`). With ``tta`` the features are
+        the plain view's, the one the input gate was fitted on."""
+        probs, features = self._forward(images, calibrated=calibrated, features=True)
+        assert features is not None
+        return probs, features
+
+    def predict_gated(
+        self, images: torch.Tensor, checks: Sequence[Sequence[str]]
+    ) -> tuple[np.ndarray, list[Verdict | None]]:
+        """``(N, 1, L, L)`` uint8 and each image's structural reasons
+        (:func:`cxrkit.deploy.gate.structural_reasons`) -> ``(N, C)`` probabilities and ``N``
+        input-gate verdicts from one forward pass (all None when the card has no gate)."""
+        if self.gate is None:
+            return self.predict_batch(images), [None] * len(images)
+        probs, features = self.predict_with_features(images)
+        return probs, list(self.gate.judge(features, checks))
+
+    def features_batch(self, images: torch.Tensor) -> np.ndarray:
+        """``(N, 1, L, L)`` uint8 -> ``(N, D)`` float32 pooled pre-logit features of the plain
+        (un-augmented) view; ``D`` is :attr:`feature_dim`."""
+        return self.predict_with_features(images, calibrated=False)[1]
+
+    @property
+    def feature_dim(self) -> int:
+        """``D``: the length of a feature vector (timm's ``num_features``)."""
+        return int(self.model.num_features)
+
+    @torch.inference_mode()
+    def _forward(
+        self, images: torch.Tensor, *, calibrated: bool, features: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        images = self.to_device(images)
         views = (
-            tta_views(images.to(self.device), self.input_size)
-            if self.tta
-            else [to_unit(images.to(self.device), self.input_size)]
+            tta_views(images, self.input_size) if self.tta else [to_unit(images, self.input_size)]
         )
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            logits = torch.stack(
-                [
-                    self.backend(
-                        normalize(v, self.mean, self.std).contiguous(
-                            memory_format=torch.channels_last
-                        )
-                    ).float()
-                    for v in views
-                ]
-            ).mean(dim=0)
-        probs = torch.sigmoid(logits).cpu().numpy().astype(np.float64)
+        feats: torch.Tensor | None = None
+        logits = []
+        with self.autocast():
+            for k, view in enumerate(views):
+                x = normalize(view, self.mean, self.std).contiguous(
+                    memory_format=torch.channels_last
+                )
+                if features and k == 0:
+                    out, feats = self.backend.with_features(x)
+                    if feats is None:  # an ONNX file without a features output
+                        feats = self.torch_backend.with_features(x.to(self.device))[1]
+                else:
+                    out = self.backend(x)
+                logits.append(out.float())
+        probs = torch.sigmoid(torch.stack(logits).mean(dim=0)).cpu().numpy().astype(np.float64)
         if calibrated and self.calibrator is not None:
             probs = self.calibrator.apply(probs)
-        return probs
+        return probs, None if feats is None else feats.float().cpu().numpy()
 
     def calls(self, probs: np.ndarray) -> np.ndarray:
         """``(N, C)`` probabilities -> ``(N, C)`` 0/1 calls at the card's thresholds."""
@@ -127,8 +195,9 @@ class Predictor:
             batch_size=size,
         )
         total = -(-len(rows) // size)
+        pin = self.device.type == "cuda"
         for images, _ in tqdm(batches, desc="predicting", total=total, disable=not progress):
-            yield images
+            yield images.pin_memory() if pin else images
 
     def predict_manifest(
         self,
@@ -144,3 +213,14 @@ class Predictor:
             for images in self.manifest_batches(manifest, rows, progress=progress)
         ]
         return np.concatenate(out) if out else np.zeros((0, len(self.findings)))
+
+    def embed_manifest(
+        self, manifest: Manifest, rows: pd.DataFrame, *, progress: bool = False
+    ) -> np.ndarray:
+        """``(len(rows), D)`` float32 penultimate features of manifest rows (from the image
+        cache, in order): the embedding a linear probe or the input gate is fitted on."""
+        out = [
+            self.features_batch(images)
+            for images in self.manifest_batches(manifest, rows, progress=progress)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)

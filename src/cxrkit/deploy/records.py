@@ -2,9 +2,13 @@
 
 ``preds.csv`` gets ``preds.csv.json``: the model (the sha256 of the checkpoint file, or of a
 bundle's ``model_card.json``, which lists the sha256 of every file), its findings, and the
-options that change the numbers (TTA, precision, backend, accepted DICOM modalities).
-``infer --resume`` continues a CSV only when the record matches the run about to start;
-otherwise it refuses and names what differs.
+options that change the numbers (TTA, precision, backend, accepted DICOM modalities), and the
+input gate (its threshold and false-alarm rate, or None) with whether flagged images were
+refused; and the device it ran on (``"cpu"``, ``"cuda:0"``, ``"mps"``).
+``infer --resume`` continues a CSV only when the record matches the run about to start, paths
+and the device aside (the same weights at the same precision give the same numbers on another
+machine, within autocast's rounding); otherwise it refuses and names what differs. The record
+saved after a resume holds the latest run's device.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from cxrkit.files import write_json
 from cxrkit.models.checkpoint import BUNDLE_CARD, file_sha256
 
 FORMAT = "cxrkit-infer-record/1"
+#: record entries that may differ between a run and its ``--resume``
+NOT_COMPARED = ("model", "device")
 
 
 def record_path(out_csv: Path) -> Path:
@@ -39,25 +45,39 @@ def model_sha256(predictor: Predictor) -> str | None:
 
 
 def infer_record(
-    predictor: Predictor, modalities: Collection[str] | None, dicom_tags: Collection[str]
+    predictor: Predictor,
+    modalities: Collection[str] | None,
+    dicom_tags: Collection[str],
+    refuse_ood: bool = False,
 ) -> dict[str, Any]:
     """Everything that decides an ``infer`` CSV's numbers and columns."""
     source = predictor.loaded.source
+    gate = predictor.gate
     return {
         "format": FORMAT,
         "model": str(source) if source is not None else None,
         "model_sha256": model_sha256(predictor),
         "findings": list(predictor.findings),
         "tta": predictor.tta,
-        "precision": "bf16" if predictor.bf16 else "fp32",
+        "precision": predictor.precision,
         "backend": predictor.backend_name,
+        "device": str(predictor.device),
         "modalities": None if modalities is None else sorted(modalities),
         "dicom_tags": list(dicom_tags),
+        "input_gate": None
+        if gate is None
+        else {
+            "method": gate.entry.get("method"),
+            "threshold": gate.threshold,
+            "false_alarm_rate": gate.false_alarm_rate,
+        },
+        "refuse_ood": refuse_ood,
     }
 
 
 def check_resume(out_csv: Path, record: dict[str, Any]) -> None:
-    """A UserError unless ``out_csv``'s record matches ``record`` (paths aside)."""
+    """A UserError unless ``out_csv``'s record matches ``record`` (:data:`NOT_COMPARED` aside:
+    the model's path and the device)."""
     path = record_path(out_csv)
     try:
         saved = json.loads(path.read_text())
@@ -66,7 +86,7 @@ def check_resume(out_csv: Path, record: dict[str, Any]) -> None:
             f"{out_csv} has no readable {path.name}, so it cannot be checked to come from the "
             "same model and options; write to a new --out"
         ) from None
-    differ = [k for k in record if k != "model" and saved.get(k) != record[k]]
+    differ = [k for k in record if k not in NOT_COMPARED and saved.get(k) != record[k]]
     if differ:
         shown = "; ".join(f"{k}: {saved.get(k)!r} then, {record[k]!r} now" for k in differ)
         raise UserError(

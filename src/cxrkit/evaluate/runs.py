@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,13 @@ import numpy as np
 import pandas as pd
 
 from cxrkit import __version__
-from cxrkit.data.manifest import Manifest, load_manifest
+from cxrkit.data.manifest import load_manifest
+from cxrkit.data.storage import is_uri
 from cxrkit.errors import UserError, did_you_mean
 from cxrkit.evaluate.audit import check_columns, shortcut_audit
 from cxrkit.evaluate.audit_output import audit_table
 from cxrkit.evaluate.calibration import Calibrator, compare_methods, fit_calibrator
+from cxrkit.evaluate.card import card_decision, tuning_origin
 from cxrkit.evaluate.predictions import load_labels, match, read_predictions, split_rows
 from cxrkit.evaluate.results import evaluate, per_class_table, subgroups
 from cxrkit.evaluate.thresholds import FALLBACK_THRESHOLD, check_method, tune_thresholds
@@ -145,8 +146,12 @@ def evaluate_checkpoint(
     options: EvalOptions | None = None,
     write_card: bool | None = None,
     progress: bool = True,
+    device: str = "cpu",
+    precision: str = "auto",
 ) -> EvalResult:
-    """Predict the val and ``options.split`` rows of a prepared folder and evaluate.
+    """Predict the val and ``options.split`` rows of a prepared folder and evaluate, on
+    ``device`` at ``precision`` (as ``--device`` / ``--precision``: :mod:`cxrkit.models.devices`;
+    recorded as ``metrics["runtime"]``, ``{"device", "precision", "backend"}``).
 
     The thresholds and calibration fitted on val go into the checkpoint's card with where
     they came from (:func:`card_decision`): ``write_card`` None writes them only when they
@@ -163,7 +168,7 @@ def evaluate_checkpoint(
     from cxrkit.deploy.predictor import Predictor
     from cxrkit.models.checkpoint import update_card
 
-    predictor = Predictor.from_checkpoint(checkpoint)
+    predictor = Predictor.from_checkpoint(checkpoint, device=device, precision=precision)
     manifest = load_manifest(data)
     classes = predictor.findings
     missing = [f for f in classes if f not in manifest.findings]
@@ -192,8 +197,9 @@ def evaluate_checkpoint(
     metrics["calibration"] = {**info, "parameters": calibrator.to_dict() if calibrator else None}
     metrics["source"] = {
         "checkpoint": str(Path(checkpoint).resolve()),
-        "data": str(Path(data).resolve()),
+        "data": str(data) if is_uri(data) else str(Path(data).resolve()),
     }
+    metrics["runtime"] = predictor.runtime_record()
     origin = tuning_origin(manifest)
     write, reason = card_decision(predictor.card, origin, write_card, Path(checkpoint).is_dir())
     metrics["card"] = {"written": write, "reason": reason}
@@ -207,8 +213,16 @@ def evaluate_checkpoint(
         table[f"prob_{f}"] = probs[:, j]
     table.to_csv(out / f"predictions_{options.split}.csv", index=False)
     if write:
+        from cxrkit.models.gate import reference_distribution
+
+        # A gate's drift reference holds the probabilities the model reports: calibrated now.
+        probs_val = calibrator.apply(p_val) if calibrator else p_val
+        reference = predictor.card.get("reference") and reference_distribution(
+            probs_val, classes, "val"
+        )
         update_card(
             checkpoint,
+            **({"reference": reference} if reference else {}),
             thresholds={**metrics["thresholds"], "n_val_images": len(val_rows), **origin},
             calibration=calibrator.to_dict() if calibrator else None,
             test_metrics={
@@ -218,49 +232,6 @@ def evaluate_checkpoint(
             },
         )
     return result
-
-
-def tuning_origin(manifest: Manifest) -> dict[str, Any]:
-    """Where thresholds tuned on ``manifest``'s val split come from, for the model card (the
-    card's ``n_val_images`` says how many images)."""
-    return {
-        "dataset": manifest.header.get("dataset"),
-        "prepared": str(manifest.folder.resolve()),
-        "split": "val",
-        "patients_sha256": manifest.header.get("split", {}).get("patients_sha256", {}).get("val"),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
-def card_decision(
-    card: dict[str, Any], origin: dict[str, Any], write_card: bool | None, bundle: bool
-) -> tuple[bool, str]:
-    """``(write, why)``: whether ``eval`` stores operating points tuned at ``origin`` in
-    ``card``. Automatically only when the card's own thresholds came from the same val patients,
-    or it has none and the model was trained on the dataset of those patients."""
-    if write_card is not None:
-        return write_card, "asked (--write-card)" if write_card else "asked (--no-write-card)"
-    if bundle:
-        return False, "an exported bundle's card is fixed at export"
-    own = (card.get("thresholds") or {}).get("patients_sha256")
-    trained = [
-        (d.get("patients_sha256") or {}).get("val")
-        for d in (card.get("training_data") or {}).get("datasets", [])
-    ]
-    fingerprint = origin["patients_sha256"]
-    if own is not None:
-        if own == fingerprint:
-            return True, "replaces thresholds tuned on the same validation patients"
-        return False, (
-            f"the card's thresholds were tuned on other data ({card['thresholds'].get('prepared')}"
-            "); kept: pass --write-card to replace them"
-        )
-    if fingerprint is not None and fingerprint in trained:
-        return True, "tuned on the validation split of the model's own training data"
-    return False, (
-        "this is not the data the model was trained on; thresholds kept: pass --write-card "
-        "to store the ones tuned here"
-    )
 
 
 def _metrics(

@@ -144,21 +144,27 @@ _TARGETS: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, ...], list[Target
 def cam_targets(predictor: Predictor, layers: Sequence[str] | None = None) -> list[Target]:
     """The predictor's CAM layers (``layers`` or the default), each with its measured cell
     centres (None for transformers, whose patch grid follows the half-pixel convention
-    exactly); worked out once per model and layer list."""
+    exactly); worked out once per model and layer list. The probes feed CPU tensors, so a
+    model on a GPU is moved to the CPU for them and back (in place: the modules stay the ones
+    the hooks are set on)."""
     model = predictor.model
     per_model = _TARGETS.setdefault(model, {})
     key = tuple(layers or ())
     if key not in per_model:
-        found = cam_layers(model, predictor.card["backbone"], predictor.input_size, layers)
-        per_model[key] = [
-            (
-                layer,
-                None
-                if layer.reshape is not None
-                else cell_centres(model, layer.module, predictor.input_size),
-            )
-            for layer in found
-        ]
+        model.to("cpu")
+        try:
+            found = cam_layers(model, predictor.card["backbone"], predictor.input_size, layers)
+            per_model[key] = [
+                (
+                    layer,
+                    None
+                    if layer.reshape is not None
+                    else cell_centres(model, layer.module, predictor.input_size),
+                )
+                for layer in found
+            ]
+        finally:
+            model.to(predictor.device)
     return per_model[key]
 
 

@@ -5,6 +5,11 @@ sniffing, DICOM windowing, decompression-bomb guard), prediction is
 :class:`cxrkit.deploy.predictor.Predictor` (the card's calibration and thresholds) and heatmaps are
 :func:`cxrkit.explain.heatmaps`, so the server sees exactly what ``infer`` and ``cam`` see.
 
+Every answer carries ``input_gate`` (:mod:`cxrkit.deploy.gate`: ``ood_score``,
+``in_distribution``, ``reasons``, ``threshold``, ``false_alarm_rate``; ``ood_score`` is null
+for a structural failure, JSON having no infinity), or ``"input_gate": null`` with
+``"warnings": ["no input gate: ..."]`` for a model whose card has none.
+
 Model calls hold one lock: a CAM hooks the network's target layer, and a forward pass from
 another thread at the same time would feed those hooks. Decoding and PNG encoding run outside
 it, so ``--workers`` > 1 overlaps them with the model.
@@ -21,6 +26,8 @@ import numpy as np
 import torch
 
 from cxrkit import __version__
+from cxrkit.deploy.gate import NO_GATE_WARNING, structural_reasons
+from cxrkit.deploy.model_card import MODEL_CARD_MD, model_card_markdown
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.errors import did_you_mean
 from cxrkit.explain.cam import heatmaps
@@ -81,15 +88,28 @@ class Engine:
         self.model_lock = threading.Lock()
 
     def model_card(self) -> dict[str, Any]:
-        """The card's public fields as strict JSON (NaN -> null), with the server's version."""
+        """The card's public fields as strict JSON (NaN -> null), with the server's version and
+        ``runtime``: where the model runs, ``{"device": "cuda:0", "precision": "bf16",
+        "backend": "torch"}`` (:meth:`Predictor.runtime_record`)."""
         card = {k: self.predictor.card.get(k) for k in CARD_KEYS if k in self.predictor.card}
         card["thresholds_applied"] = dict(
             zip(self.findings, map(float, self.predictor.thresholds), strict=True)
         )
         card["calibrated"] = self.predictor.calibrator is not None
+        gate = self.predictor.gate
+        card["input_gate"] = gate.summary() if gate is not None else None
+        card["runtime"] = self.predictor.runtime_record()
         card["server"] = {"cxrkit_version": __version__}
         card["disclaimer"] = DISCLAIMER
         return strict_json(card)
+
+    def model_card_markdown(self) -> str:
+        """``MODEL_CARD.md``: a bundle's own file (written at export, with the evaluation it
+        was given); for a checkpoint, written now from its card (validation figures only)."""
+        source = self.predictor.loaded.source
+        if source is not None and source.is_dir() and (source / MODEL_CARD_MD).is_file():
+            return (source / MODEL_CARD_MD).read_text()
+        return model_card_markdown(self.predictor.card)
 
     def cam_targets(self, cam: str | None) -> str | list[str] | None:
         """``cam`` query value -> :func:`heatmaps` targets: None (no CAM), ``positive``,
@@ -119,8 +139,10 @@ class Engine:
         p = self.predictor
         letterboxed = torch.from_numpy(p.preprocess(xray.pixels)[None])
         cams = []
+        checks = structural_reasons(xray) if p.gate is not None else []
         with self.model_lock:
-            probs = p.predict_batch(letterboxed)[0]
+            batch_probs, verdicts = p.predict_gated(letterboxed, [checks])
+            probs = batch_probs[0]
             if cam is not None:
                 cams = heatmaps(p, xray.pixels, cam)
         calls = p.calls(probs[None])[0]
@@ -138,6 +160,9 @@ class Engine:
             ],
             "positive": [name for j, name in enumerate(self.findings) if calls[j]],
             "calibrated": p.calibrator is not None,
+            "input_gate": None
+            if p.gate is None or verdicts[0] is None
+            else strict_json(p.gate.api(verdicts[0])),
             "image_info": {
                 "format": xray.format,
                 "width": width,
@@ -146,6 +171,8 @@ class Engine:
             },
             "disclaimer": DISCLAIMER,
         }
+        if p.gate is None:
+            result["warnings"] = [NO_GATE_WARNING]
         if image:
             result["image"] = png_base64(self._resize(xray.pixels, shown))
         if cam is not None:
