@@ -5,6 +5,7 @@ paths (only local folders can be read and written here: there is no network)."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import os
@@ -38,6 +39,10 @@ from cxrkit.train.loaders import combine, make_loader
 SHARD_BYTES = 64 * 1024  # ~15 phantom images a chunk: reads cross many chunk boundaries
 URI = "s3://no-such-bucket/x"
 INSTALL = "pip install 'cxrkit[scale]'"
+needs_litdata = pytest.mark.skipif(
+    importlib.util.find_spec("litdata") is None,
+    reason="litdata is not installed (the dev and scale extras install it)",
+)
 
 
 def _prepare_shards(root: Path, out: Path, **kwargs: object) -> object:
@@ -55,6 +60,7 @@ def shards(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@needs_litdata
 def test_shards_hold_the_memmap_cache_bytes_for_every_slot(prepared: Path, shards: Path) -> None:
     memmap, sharded = load_manifest(prepared), load_manifest(shards)
     pd.testing.assert_frame_equal(sharded.table, memmap.table)  # same rows, splits, slots
@@ -90,6 +96,7 @@ def _batches(loader: torch.utils.data.DataLoader) -> list[tuple[torch.Tensor, to
     return list(loader)
 
 
+@needs_litdata
 def test_the_reader_pickles_and_feeds_augmenting_loader_workers(
     prepared: Path, shards: Path
 ) -> None:
@@ -115,6 +122,7 @@ def _epochs(run: Path) -> list[dict[str, str]]:
         return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(fh)]
 
 
+@needs_litdata
 def test_one_epoch_from_shards_gives_the_memmap_validation_auroc(
     prepared: Path, shards: Path, tmp_path: Path
 ) -> None:
@@ -131,6 +139,7 @@ def test_one_epoch_from_shards_gives_the_memmap_validation_auroc(
     assert run["data"]["datasets"][0]["prepared"] == str(shards.resolve())
 
 
+@needs_litdata
 def test_eval_of_a_checkpoint_on_shards_matches_the_memmap_folder(
     trained: Path, prepared: Path, shards: Path, tmp_path: Path
 ) -> None:
@@ -157,6 +166,7 @@ def offline_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@needs_litdata
 @pytest.mark.parametrize("credentials", [False, True], ids=["no-credentials", "no-endpoint"])
 def test_an_unreachable_uri_is_one_line_and_exit_2_in_seconds(
     credentials: bool,
@@ -223,6 +233,7 @@ def test_without_litdata_every_path_says_how_to_install_it(
         load_manifest(URI)
 
 
+@needs_litdata
 def test_prepare_resumes_and_overwrites_as_the_memmap_path_does(
     phantom: Path,
     prepared: Path,
@@ -288,6 +299,7 @@ def test_older_manifests_load_and_an_unknown_format_is_named(
         load_manifest(copy).cache()
 
 
+@needs_litdata
 @pytest.mark.slow
 def test_two_process_ddp_from_shards_validates_like_one_process_on_the_memmap(
     tmp_path: Path,

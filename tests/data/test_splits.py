@@ -80,6 +80,9 @@ def test_leakage_from_the_official_lists_says_so() -> None:
     expected = r"official split lists: 1 patient\(s\).*patient 1: test, trainval\); correct"
     with pytest.raises(LeakageError, match=expected):
         check_no_leakage(table)
+    table["official_split"] = [np.nan, "test", "trainval", ""]  # a missing value: "no list"
+    with pytest.raises(LeakageError, match=r"patient 1: no list, test\)"):
+        check_no_leakage(table)
     table["official_split"] = ["", "", "trainval", ""]  # drawn by cxrkit: not the lists' fault
     with pytest.raises(LeakageError, match=r"^patient leakage: 1 patient"):
         check_no_leakage(table)

@@ -107,8 +107,8 @@ def test_fit_gate_writes_gate_and_reference(gated: Path, prepared: Path) -> None
     manifest = load_manifest(prepared)
     assert gate["n_train"] == len(manifest.rows("train"))
     assert gate["n_val"] == len(manifest.rows("val"))
-    assert gate["false_alarm_rate"] == 0.05 and gate["threshold"] > 0
-    assert 0.0 <= gate["val_false_alarm_rate"] <= 0.05
+    assert gate["false_alarm_rate"] == 0.1 and gate["threshold"] > 0  # conftest's GATED_RATE
+    assert 0.0 <= gate["val_false_alarm_rate"] <= 0.1
     assert gate["dim"] == predictor.feature_dim
     assert set(ref) == {"split", "n_images", "bin_edges", "fractions"}
     assert ref["n_images"] == len(manifest.rows("val"))
@@ -220,10 +220,14 @@ def test_cli_gate_and_its_bad_input(
     ckpt = tmp_path / "copy.ckpt"
     shutil.copy(gated, ckpt)
     capsys.readouterr()
-    assert main(["gate", "--checkpoint", str(ckpt), "--data", str(prepared)]) == 0
-    out = capsys.readouterr().out
-    assert "input gate: threshold" in out and "validation images (asked 5.0%)" in out
+    # 5% (the default) cannot be promised from the tiny phantom's 11 validation images
+    assert main(["gate", "--checkpoint", str(ckpt), "--data", str(prepared)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs at least 19 validation images" in err
     bad = ["gate", "--checkpoint", str(ckpt), "--data", str(prepared), "--false-alarm-rate"]
+    assert main([*bad, "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "input gate: threshold" in out and "validation images (asked 10.0%)" in out
     assert main([*bad, "1.5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--false-alarm-rate must be in (0, 0.5]" in err

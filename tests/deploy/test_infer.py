@@ -258,7 +258,7 @@ def test_gate_columns_and_refuse_ood(
     assert table.loc["photo.png", [c for c in table if c.startswith("prob_")]].isna().all()
     assert table.loc["photo.png", "in_distribution"] == 0  # the gate's cells are kept
     record = json.loads((tmp_path / "refused.csv.json").read_text())
-    assert record["refuse_ood"] is True and record["input_gate"]["false_alarm_rate"] == 0.05
+    assert record["refuse_ood"] is True and record["input_gate"]["false_alarm_rate"] == 0.1
 
 
 def test_a_model_without_gate_still_predicts_and_says_so(

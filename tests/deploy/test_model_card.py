@@ -47,6 +47,9 @@ def test_the_card_quotes_the_evaluation_and_the_manifest(
     )
     assert f"{metrics['n_patients']} patients; 95% intervals from 200 patient-level" in text
     assert "| sex | F |" in text and "| view | PA |" in text  # the subgroup table
+    # eval tuned its own thresholds and did not write them (write_card=False): said so
+    assert "which are **not** the card's below (asked (--no-write-card))" in text
+    assert "not a held-out test split" not in text  # a test split
     assert "No input gate fitted" in text  # this run was trained without `cxrkit train`'s gate
     assert "Not run: `cxrkit eval --checkpoint ... --audit`" in text
 
@@ -72,3 +75,15 @@ def test_an_evaluation_of_another_model_is_refused(
     assert not (tmp_path / "b").exists()  # refused before anything was written
     with pytest.raises(UserError, match="has no metrics.json"):
         export_bundle(other, tmp_path / "b", onnx=False, evaluation=tmp_path)
+
+
+def test_an_evaluation_on_the_training_split_is_called_optimistic(
+    trained: Path, prepared: Path, tmp_path: Path
+) -> None:
+    ckpt = trained / "checkpoints" / "best.ckpt"
+    options = EvalOptions(split="train", n_boot=0, report=False)
+    evaluate_checkpoint(ckpt, prepared, tmp_path / "ev", options=options, write_card=False,
+                        progress=False)  # fmt: skip
+    bundle = export_bundle(ckpt, tmp_path / "b", onnx=False, evaluation=tmp_path / "ev")
+    text = (bundle / MODEL_CARD_MD).read_text()
+    assert "The figures are on the train split, not a held-out test split: optimistic." in text

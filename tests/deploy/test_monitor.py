@@ -89,6 +89,33 @@ def test_without_a_gate_or_enough_images_it_says_why() -> None:
         m.record_prediction(np.array([0.3]), np.array([0]), None)
     s = m.summary()
     assert s["ood_rate"] is None and s["input_gate"] == "no input gate"
-    assert s["drift"]["unavailable"] == f"{MIN_WINDOW_FOR_PSI - 1} image(s) so far; PSI needs 50"
+    n = MIN_WINDOW_FOR_PSI
+    assert s["drift"]["unavailable"] == f"{n - 1} image(s) so far; PSI needs {n}"
     m.record_prediction(np.array([0.3]), np.array([0]), None)
     assert m.summary()["drift"]["psi"]["Effusion"] > 1  # all in one bin: far from uniform
+
+
+def test_small_samples_of_the_reference_population_read_stable() -> None:
+    """127 validation images against windows of 100 from the same distribution: the raw PSI
+    often passes 0.1 by chance alone; read above its noise floor it is stable."""
+    rng = np.random.default_rng(3)
+    findings = ["Effusion"]
+    draw = lambda n: rng.beta(2, 5, size=(n, 1))  # noqa: E731
+    readings, raw = [], []
+    for _ in range(100):
+        m = Monitor(findings, _reference(draw(127), findings), gate=True, window=100)
+        for probs in draw(100):
+            m.record_prediction(probs, probs >= 0.5, True)
+        drift = m.summary()["drift"]
+        readings.append(drift["reading"]["Effusion"])
+        raw.append(drift["psi"]["Effusion"])
+        d = np.count_nonzero(_reference_fractions(m)) - 1
+        assert drift["noise_floor"]["Effusion"] == pytest.approx(
+            (d + 2 * np.sqrt(2 * d)) * (1 / 127 + 1 / 100)
+        )
+    assert np.mean(np.array(raw) > 0.1) > 0.3  # the bands alone would cry wolf
+    assert readings.count("stable") >= 90
+
+
+def _reference_fractions(m: Monitor) -> np.ndarray:
+    return np.asarray(m.reference["fractions"]["Effusion"])

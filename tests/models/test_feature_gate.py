@@ -107,3 +107,13 @@ def test_bad_input() -> None:
         FeatureGate.fit(np.full((20, 4), np.nan), features(20, d=4))
     with pytest.raises(UserError, match="method"):
         FeatureGate.from_dict({**gate.to_dict(), "method": "other/9"})
+
+
+def test_a_rate_too_small_for_the_validation_images_is_refused() -> None:
+    from cxrkit.models.gate import conformal_threshold, min_validation_images
+
+    assert [min_validation_images(a) for a in (0.05, 0.1, 0.01, 0.5)] == [19, 9, 99, 1]
+    scores = np.arange(19, dtype=float)
+    assert conformal_threshold(scores, 0.05) == 18.0  # rank ceil(20 * 0.95) = 19 of 19
+    with pytest.raises(UserError, match="needs at least 19 validation images .* got 18"):
+        conformal_threshold(scores[:18], 0.05)

@@ -126,7 +126,10 @@ def cmd_train(a: argparse.Namespace) -> int:
         f"AUROC {result.best_score:.4f}"
     )
     print(f"best checkpoint: {result.best}\nlast checkpoint: {result.last}")
-    print(fit_trained_gate(result.best).describe())
+    try:
+        print(fit_trained_gate(result.best).describe())
+    except UserError as err:  # the model is trained and saved: a gate that cannot be fitted
+        warnings.warn(f"no input gate fitted: {err}", UserWarning, stacklevel=1)  # is not fatal
     return 0
 
 
@@ -137,7 +140,12 @@ def cmd_infer(a: argparse.Namespace) -> int:
     from cxrkit.deploy.sources import resolve_sources
 
     predictor = Predictor.from_checkpoint(
-        a.checkpoint, batch_size=a.batch_size, tta=a.tta, backend=a.backend, **device_options(a)
+        a.checkpoint,
+        batch_size=a.batch_size,
+        tta=a.tta,
+        backend=a.backend,
+        onnx_copy=True,
+        **device_options(a),
     )
     if Path(a.out).resolve() == Path(a.source).resolve():
         raise UserError(f"--out {a.out} is the --source itself; write the CSV elsewhere")

@@ -94,7 +94,9 @@ def check_no_leakage(table: pd.DataFrame) -> None:
         caused = lists[lists.map(len) > 1]
         if len(caused):
             first = caused.index[0]
-            where = ", ".join(sorted(s or "no list" for s in caused.iloc[0]))
+            where = ", ".join(
+                sorted("no list" if pd.isna(s) or s == "" else s for s in caused.iloc[0])
+            )
             message = (
                 f"patient leakage caused by the dataset's official split lists: {len(caused)} "
                 f"patient(s) have images in more than one of them (e.g. patient {first}: "

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from cxrkit.data.manifest import load_manifest
-from cxrkit.data.storage import as_location
+from cxrkit.data.storage import as_location, is_uri
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.errors import UserError
 from cxrkit.models.checkpoint import load_checkpoint, read_checkpoint, update_card
@@ -34,6 +34,8 @@ from cxrkit.models.gate import (
     DEFAULT_FALSE_ALARM_RATE,
     FeatureGate,
     check_false_alarm_rate,
+    conformal_threshold,
+    min_validation_images,
     reference_distribution,
 )
 
@@ -57,10 +59,14 @@ class GateFit:
         )
 
 
-def training_folders(card: dict[str, Any]) -> list[Path]:
-    """The prepared folders a checkpoint was trained on, as its card records them."""
+SPLITS = ("train", "val")  # what the gate is fitted on and thresholded on
+
+
+def training_folders(card: dict[str, Any]) -> list[str | Path]:
+    """The prepared folders (or ``s3://`` locations) a checkpoint was trained on, as its card
+    records them."""
     datasets = (card.get("training_data") or {}).get("datasets") or []
-    return [Path(d["prepared"]) for d in datasets if d.get("prepared")]
+    return [as_location(d["prepared"]) for d in datasets if d.get("prepared")]
 
 
 def fit_gate(
@@ -92,8 +98,17 @@ def fit_gate(
     if not folders:
         raise UserError("the input gate needs a prepared folder (--data PREP)")
     manifests = [load_manifest(f) for f in folders]
+    counts = {s: sum(int((m.table["split"] == s).sum()) for m in manifests) for s in SPLITS}
+    empty = [s for s, n in counts.items() if n == 0]
+    if empty:
+        raise UserError(
+            f"the input gate is fitted on training images and thresholded on validation "
+            f"images; {', '.join(map(str, folders))} has no {' and no '.join(empty)} images"
+        )
+    if counts["val"] < min_validation_images(rate):  # before hours of features, not after
+        conformal_threshold(np.zeros(counts["val"]), rate)  # raises, saying what to do
     predictor = Predictor(load_checkpoint(path), backend="torch", precision="fp32")
-    total = sum(len(m.rows("train")) for m in manifests)
+    total = counts["train"]
     train, val, probs = [], [], []
     for manifest in manifests:
         rows = manifest.rows("train")
@@ -107,7 +122,7 @@ def fit_gate(
     gate = FeatureGate.fit(np.concatenate(train), np.concatenate(val), false_alarm_rate=rate)
     entry = {
         **gate.to_dict(),
-        "data": [str(f.resolve()) for f in folders],
+        "data": [str(f) if is_uri(f) else str(Path(f).resolve()) for f in folders],
         "train_sample": {"max_train": max_train, "seed": seed},
     }
     reference = reference_distribution(np.concatenate(probs), predictor.findings, "val")

@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cxrkit.data.storage import is_uri
 from cxrkit.deploy.gate import CHECKS
 from cxrkit.errors import UserError
 from cxrkit.evaluate.audit_output import audit_table
@@ -72,15 +73,17 @@ def read_evaluation(folder: str | Path, checkpoint: str | Path) -> dict[str, Any
 def _manifest_headers(card: dict[str, Any]) -> list[dict[str, Any] | None]:
     """Each training dataset's manifest header, or None where the folder is gone."""
     headers: list[dict[str, Any] | None] = []
-    for d in card.get("training_data", {}).get("datasets", []):
-        path = Path(d.get("prepared", "")) / "manifest.json"
-        headers.append(json.loads(path.read_text()) if path.is_file() else None)
+    for d in (card.get("training_data") or {}).get("datasets") or []:
+        where = d.get("prepared", "")
+        path = None if is_uri(where) else Path(where) / "manifest.json"
+        headers.append(json.loads(path.read_text()) if path and path.is_file() else None)
     return headers
 
 
 def _training(card: dict[str, Any]) -> list[str]:
     data = card.get("training_data") or {}
     lines = ["## Training data", ""]
+    count = lambda key: f"{data[key]:,}" if isinstance(data.get(key), int) else "n/a"  # noqa: E731
     for d, h in zip(data.get("datasets", []), _manifest_headers(card), strict=True):
         lines.append(f"- **{d['dataset']}** from `{d['prepared']}`; split: {d['split_policy']}.")
         if h is None:
@@ -97,8 +100,8 @@ def _training(card: dict[str, Any]) -> list[str]:
         for key, value in (h.get("label_policy") or {}).items():
             lines.append(f"  - label policy, {key}: {value}")
     lines.append(
-        f"- Trained on {data.get('n_train', 'n/a'):,} images, validated on "
-        f"{data.get('n_val', 'n/a'):,} (datasets combined by {data.get('combine', 'n/a')})."
+        f"- Trained on {count('n_train')} images, validated on {count('n_val')} (datasets "
+        f"combined by {data.get('combine', 'n/a')})."
     )
     return lines
 
@@ -122,8 +125,8 @@ def _performance(card: dict[str, Any], evaluation: dict[str, Any] | None) -> lis
     lines += [
         f"On the **{evaluation.get('split')}** split: {evaluation.get('n_images')} images, "
         f"{evaluation.get('n_patients')} patients; 95% intervals from {boot.get('n', 0)} "
-        f"{boot.get('unit', 'patient')}-level bootstrap resamples. Operating point: the "
-        "card's thresholds (below).",
+        f"{boot.get('unit', 'patient')}-level bootstrap resamples. "
+        + _operating_point(card, evaluation),
         "",
     ]
     rows = [
@@ -138,6 +141,23 @@ def _performance(card: dict[str, Any], evaluation: dict[str, Any] | None) -> lis
               "positives"]  # fmt: skip
     lines += _table(header, rows)
     return lines
+
+
+def _operating_point(card: dict[str, Any], evaluation: dict[str, Any]) -> str:
+    """Which thresholds the sensitivity and specificity columns were computed at: ``eval``
+    tunes its own on the validation split it was given; the card holds them only when
+    ``eval`` wrote them (``metrics["card"]``)."""
+    tuned = evaluation.get("thresholds") or {}
+    written = (evaluation.get("card") or {}).get("written")
+    same = (card.get("thresholds") or {}).get("values") == tuned.get("values")
+    where = f"tuned by {tuned.get('method')} on that evaluation's {tuned.get('split')} split"
+    if written and same:
+        return f"Sensitivity and specificity at the thresholds {where}, the card's (below)."
+    reason = (evaluation.get("card") or {}).get("reason", "not written")
+    return (
+        f"Sensitivity and specificity at the thresholds {where}, which are **not** the "
+        f"card's below ({reason})."
+    )
 
 
 def _subgroups(evaluation: dict[str, Any] | None) -> list[str]:
@@ -225,7 +245,7 @@ def _gate(card: dict[str, Any]) -> list[str]:
 
 def _limitations(card: dict[str, Any], evaluation: dict[str, Any] | None) -> list[str]:
     found = []
-    few = {f: n for f, n in (card.get("training_data", {}).get("train_positives") or {}).items()
+    few = {f: n for f, n in ((card.get("training_data") or {}).get("train_positives") or {}).items()
            if n < FEW_POSITIVES}  # fmt: skip
     if few:
         listed = ", ".join(f"{f} ({n})" for f, n in few.items())
@@ -233,12 +253,17 @@ def _limitations(card: dict[str, Any], evaluation: dict[str, Any] | None) -> lis
     if evaluation is None:
         found.append("No held-out evaluation is attached to this card.")
     else:
-        train = {d["prepared"] for d in card.get("training_data", {}).get("datasets", [])}
+        train = {d.get("prepared") for d in (card.get("training_data") or {}).get("datasets") or []}
         data = (evaluation.get("source") or {}).get("data")
         if data and str(Path(data).resolve()) in train:
             found.append(
                 "Evaluated on a held-out split of the training datasets only: no external "
                 "validation on another hospital's data."
+            )
+        if evaluation.get("split") != "test":
+            found.append(
+                f"The figures are on the {evaluation.get('split')} split, not a held-out "
+                "test split: optimistic."
             )
         for s in evaluation.get("skipped_classes") or []:
             found.append(f"{s} was not evaluated (no positives or negatives in the test split).")

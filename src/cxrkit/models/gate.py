@@ -62,11 +62,25 @@ def check_false_alarm_rate(rate: float) -> float:
 
 
 def conformal_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
-    """The ``ceil((n + 1)(1 - a))``-th smallest of ``scores`` ``(n,)`` (the largest when that
-    rank exceeds ``n``): a new exchangeable score exceeds it with probability at most ``a``."""
+    """The ``ceil((n + 1)(1 - a))``-th smallest of ``scores`` ``(n,)``: a new exchangeable
+    score exceeds it with probability at most ``a``. Needs ``n >= ceil(1 / a) - 1``
+    (:func:`min_validation_images`): with fewer, the rank passes ``n`` and no threshold keeps
+    that promise (the largest score only bounds the rate by ``1 / (n + 1)``), a UserError."""
+    if len(scores) < min_validation_images(false_alarm_rate):
+        raise UserError(
+            f"a false-alarm rate of {false_alarm_rate:g} needs at least "
+            f"{min_validation_images(false_alarm_rate)} validation images to set its threshold, "
+            f"got {len(scores)}; ask a rate of at least {1 / (len(scores) + 1):.3g} or prepare "
+            "a larger validation split"
+        )
     ordered = np.sort(np.asarray(scores, dtype=np.float64))
     rank = math.ceil((len(ordered) + 1) * (1.0 - false_alarm_rate))
     return float(ordered[min(rank, len(ordered)) - 1])
+
+
+def min_validation_images(false_alarm_rate: float) -> int:
+    """The fewest validation scores for which :func:`conformal_threshold` keeps its promise."""
+    return max(1, math.ceil(1.0 / false_alarm_rate - 1e-9) - 1)
 
 
 def ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
