@@ -26,7 +26,7 @@ import torch
 from cxrkit.bench.inference import stand_in
 from cxrkit.deploy.backends import ONNX_FILE, OnnxBackend
 from cxrkit.deploy.batch import _Decode, decoded_batches
-from cxrkit.deploy.export import export_onnx
+from cxrkit.deploy.onnx_export import export_onnx
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.deploy.sources import resolve_sources
 from cxrkit.models.checkpoint import LoadedModel

@@ -7,6 +7,7 @@
 # exported to ONNX and quantised to static int8 (calibrated on the first 32 images).
 # BACKENDS (default onnx,onnx-int8,openvino-int8): the infer backends timed end to end,
 # each against the same round's torchxrayvision figure.
+# `infer --checkpoint best.ckpt` with its ONNX copy (issue 13): benchmarks/bench_onnx_copy.py.
 # torchxrayvision lives in its own venv, never in cxrkit's:
 #   python3 -m venv /tmp/xrv && /tmp/xrv/bin/pip install torch==2.14.1 torchvision==0.29.1 torchxrayvision
 set -euo pipefail

@@ -112,6 +112,7 @@ def test_infer_and_eval_print_and_record_device_and_precision(
     image = next((phantom / "images").glob("*.png"))
     out = tmp_path / "p.csv"
     argv = ["infer", "--checkpoint", str(ckpt), "--source", str(image), "--out", str(out)]
+    argv += ["--backend", "torch"]  # auto at fp32 exports an ONNX copy: test_onnx_cache.py
     assert main([*argv, "--workers", "0", "--device", "cpu", "--precision", "fp32"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert "device cpu, precision fp32 (asked)" in printed

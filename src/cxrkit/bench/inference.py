@@ -28,7 +28,7 @@ import torch
 from cxrkit.data.labels import NIH_FINDINGS
 from cxrkit.deploy.backends import INT8_FILE, ONNX_FILE, ONNX_FILES, backend_available
 from cxrkit.deploy.batch import predict_paths
-from cxrkit.deploy.export import export_onnx
+from cxrkit.deploy.onnx_export import export_onnx
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.deploy.quantize import file_calibration, quantize_onnx
 from cxrkit.deploy.sources import resolve_sources

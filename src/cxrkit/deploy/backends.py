@@ -18,7 +18,10 @@ The backends:
 * ``auto`` (default): ``onnx`` for a bundle that has ``model.onnx`` when running fp32 on the
   CPU (``--precision auto`` on a CPU without native bf16; onnxruntime ran DenseNet121 about
   1.5x faster than PyTorch fp32 on the 2-core benchmark machine, docs/benchmarks.md), else
-  ``torch`` (always on a GPU).
+  ``torch`` (always on a GPU). For a checkpoint file in that same case (:func:`copy_applies`),
+  a :class:`~cxrkit.deploy.predictor.Predictor` made with ``onnx_copy=True`` (``cxrkit
+  infer``) runs an ONNX copy exported once beside it (:mod:`cxrkit.deploy.onnx_cache`) and
+  records the backend as ``onnx``.
 * ``torch``: the PyTorch module itself, on the predictor's device.
 * ``onnx``: the bundle's ``model.onnx`` under onnxruntime's CPU provider.
 * ``onnx-int8``: the bundle's ``model.int8.onnx`` (``export --quantize static|dynamic``) under
@@ -205,6 +208,14 @@ def resolve_backend(name: str, loaded: LoadedModel, device: torch.device, precis
         source is not None and source.is_dir() and ONNX_FILE in (loaded.card.get("files") or {})
     )
     return "onnx" if device.type == "cpu" and precision == "fp32" and has_onnx else "torch"
+
+
+def copy_applies(name: str, loaded: LoadedModel, device: torch.device, precision: str) -> bool:
+    """Whether ``--backend name`` would run a checkpoint file's ONNX copy: ``auto`` on the CPU
+    at fp32 (where a bundle's ``model.onnx`` would run) with a checkpoint file, not a bundle."""
+    source = loaded.source
+    is_file = source is not None and source.is_file()
+    return name == "auto" and device.type == "cpu" and precision == "fp32" and is_file
 
 
 def create_backend(name: str, loaded: LoadedModel, model: nn.Module) -> TorchBackend | ArrayBackend:

@@ -9,9 +9,10 @@
     BUNDLE/MODEL_CARD.md       the card for a reviewer (cxrkit.deploy.model_card), every
                                figure from the card, the manifests and an eval's metrics.json
 
-The ONNX file is checked after export: onnxruntime and PyTorch must agree on a random batch
-of 3 within :data:`ONNX_TOLERANCE` on the logits (and relatively on the features). The card's
-input gate and reference distributions (``gate``, ``reference``) travel as they are.
+The ONNX file is written and checked by :func:`cxrkit.deploy.onnx_export.export_onnx`:
+onnxruntime and PyTorch must agree on a random batch of 3 within its ``ONNX_TOLERANCE`` on the
+logits (and relatively on the features). The card's input gate and reference distributions
+(``gate``, ``reference``) travel as they are.
 With ``data`` (a prepared folder), static quantisation is calibrated on its training split,
 and the validation macro AUROC of ``model.onnx`` and ``model.int8.onnx`` goes into the card.
 Load a bundle with :func:`cxrkit.models.checkpoint.load_model`; predict with
@@ -22,16 +23,14 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from cxrkit import __version__
-from cxrkit.deploy.backends import INT8_FILE, ONNX_FILE, OnnxBackend, WithFeatures
+from cxrkit.deploy.backends import INT8_FILE, ONNX_FILE
 from cxrkit.deploy.model_card import read_evaluation, write_model_card
+from cxrkit.deploy.onnx_export import export_onnx
 from cxrkit.deploy.quantize import (
     CALIBRATION_IMAGES,
     QUANT_METHODS,
@@ -50,8 +49,6 @@ from cxrkit.models.checkpoint import (
     load_model,
 )
 
-ONNX_TOLERANCE = 1e-4  #: max abs difference of logits, onnxruntime vs PyTorch
-INPUT_NAME, OUTPUT_NAME, FEATURES_NAME = "input", "logits", "features"
 #: card keys that describe one bundle's files; dropped when a bundle is exported again
 BUNDLE_KEYS = ("files", "onnx", "quantization", "exported", "source_format")
 
@@ -122,63 +119,6 @@ def export_bundle(
     write_json(out / BUNDLE_CARD, card)
     write_model_card(out, card, metrics)
     return out
-
-
-def export_onnx(
-    model: nn.Module, path: Path, input_size: int, *, opset: int | None = None
-) -> dict[str, Any]:
-    """Export with torch.onnx's default (dynamo) exporter, one file, dynamic batch axis; then
-    check onnxruntime against PyTorch on a random batch of 3. Returns the card's ``onnx``."""
-    example = torch.randn(2, 1, input_size, input_size)
-    try:
-        torch.onnx.export(
-            WithFeatures(model).eval(),
-            (example,),
-            str(path),
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME, FEATURES_NAME],
-            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
-            opset_version=opset,
-            external_data=False,
-            verbose=False,
-        )
-    except Exception as err:  # noqa: BLE001 - any exporter failure: say so, offer --no-onnx
-        raise UserError(
-            f"ONNX export failed ({type(err).__name__}: {str(err)[:300]}); "
-            "export with --no-onnx for a safetensors-only bundle"
-        ) from err
-    x = torch.randn(3, 1, input_size, input_size, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        expected, expected_features = (t.numpy() for t in WithFeatures(model)(x))
-    got, features = OnnxBackend(path).run_both(x.numpy())
-    diff = float(np.abs(got - expected).max())
-    scale = max(float(np.abs(expected_features).max()), 1.0)
-    fdiff = float("inf") if features is None else float(np.abs(features - expected_features).max())
-    if got.shape != expected.shape or not (diff <= ONNX_TOLERANCE and fdiff <= 1e-3 * scale):
-        raise UserError(
-            f"{path}: onnxruntime differs from PyTorch by {diff:.2e} on the logits (tolerance "
-            f"{ONNX_TOLERANCE:g}) and {fdiff:.2e} on the features on a random batch; try "
-            "another --opset or use --no-onnx"
-        )
-    import onnx as onnx_lib
-
-    proto = onnx_lib.load(str(path), load_external_data=False)
-    return {
-        "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
-        "input": {
-            "name": INPUT_NAME,
-            "shape": ["N", 1, input_size, input_size],
-            "dtype": "float32",
-            "content": "normalised image (see normalization)",
-        },
-        "output": {"name": OUTPUT_NAME, "shape": ["N", "C"], "content": "logits of findings"},
-        "features": {
-            "name": FEATURES_NAME,
-            "shape": ["N", "D"],
-            "content": "pooled pre-logit features (the input gate's)",
-        },
-        "verified": {"batch": 3, "max_abs_logit_diff": diff, "tolerance": ONNX_TOLERANCE},
-    }
 
 
 def _prepare_out(out: Path, overwrite: bool) -> None:

@@ -25,8 +25,15 @@ from tqdm import tqdm
 from cxrkit.data.batches import CacheBatches, cache_spec, sequential_batches
 from cxrkit.data.manifest import Manifest
 from cxrkit.data.preprocess import Clahe, prepare_image
-from cxrkit.deploy.backends import TorchBackend, create_backend, resolve_backend
+from cxrkit.deploy.backends import (
+    ArrayBackend,
+    TorchBackend,
+    copy_applies,
+    create_backend,
+    resolve_backend,
+)
 from cxrkit.deploy.gate import InputGate, Verdict
+from cxrkit.deploy.onnx_cache import onnx_copy_backend
 from cxrkit.errors import UserError
 from cxrkit.evaluate.calibration import Calibrator
 from cxrkit.models.checkpoint import LoadedModel, load_model
@@ -47,7 +54,11 @@ class Predictor:
         precision: str = "auto",
         tta: bool = False,
         backend: str = "auto",
+        onnx_copy: bool = False,
     ):
+        """``onnx_copy``: where ``backend`` ``auto`` runs a bundle's ONNX file (the CPU at
+        fp32), run a checkpoint file through an ONNX copy exported once beside it
+        (:mod:`cxrkit.deploy.onnx_cache`; PyTorch after a warning when that fails)."""
         self.runtime = resolve_runtime(device, precision)
         self.device = self.runtime.device
         self.precision = self.runtime.precision  # fp32, bf16 or fp16
@@ -57,8 +68,15 @@ class Predictor:
         self.findings = loaded.findings
         self.thresholds = loaded.thresholds()
         self.batch_size = batch_size
+        copy = None
+        if onnx_copy and copy_applies(backend, loaded, self.device, self.precision):
+            copy = onnx_copy_backend(loaded)
         self.model = loaded.model.to(self.device).eval().to(memory_format=torch.channels_last)
-        self.backend = create_backend(self.backend_name, loaded, self.model)
+        if copy is not None:
+            self.backend_name = "onnx"
+            self.backend: TorchBackend | ArrayBackend = copy
+        else:
+            self.backend = create_backend(self.backend_name, loaded, self.model)
         self.torch_backend = TorchBackend(self.model)
         self.tta = tta
         norm = self.card["normalization"]
