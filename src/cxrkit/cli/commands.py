@@ -191,11 +191,12 @@ def allowed_modalities(text: str) -> tuple[str, ...] | None:
 
 
 def _faster_hint(predictor: Predictor) -> str:
-    """A tip when a CPU run could use onnxruntime through a bundle but runs PyTorch fp32."""
+    """A tip when a CPU run could use onnxruntime but runs PyTorch fp32 (``--backend torch``,
+    or a failed ONNX copy): ``--backend auto`` runs an ONNX copy of a checkpoint there."""
     cpu_fp32 = predictor.device.type == "cpu" and predictor.precision == "fp32"
     if predictor.backend_name != "torch" or not cpu_fp32:
         return ""
-    return " (tip: `cxrkit export` a bundle and infer from it: onnxruntime is faster on CPU)"
+    return " (tip: --backend auto runs an ONNX copy with onnxruntime: faster on this CPU)"
 
 
 def cmd_cam(a: argparse.Namespace) -> int:
