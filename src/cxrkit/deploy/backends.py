@@ -144,9 +144,6 @@ class OnnxBackend(ArrayBackend):
         self.input_name = self.session.get_inputs()[0].name
         self.has_features = len(self.session.get_outputs()) > 1
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
-
     def run_both(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
         return out[0], out[1] if self.has_features else None

@@ -115,10 +115,9 @@ def fit_gate(
         share = max(1, round(max_train * len(rows) / total))
         rows = rows.sample(share, random_state=seed) if len(rows) > share else rows
         train.append(predictor.embed_manifest(manifest, rows, progress=progress))
-        for images in predictor.manifest_batches(manifest, manifest.rows("val"), progress=progress):
-            p, f = predictor.predict_with_features(images)
-            probs.append(p)
-            val.append(f)
+        p, f = predictor.predict_embed_manifest(manifest, manifest.rows("val"), progress=progress)
+        probs.append(p)
+        val.append(f)
     gate = FeatureGate.fit(np.concatenate(train), np.concatenate(val), false_alarm_rate=rate)
     entry = {
         **gate.to_dict(),

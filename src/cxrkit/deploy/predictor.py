@@ -88,11 +88,6 @@ class Predictor:
         self.calibrator = Calibrator.from_dict(calibration) if calibration else None
         self.gate = InputGate.from_card(self.card)  # None: no input gate fitted
 
-    @property
-    def bf16(self) -> bool:
-        """True when the model runs under bf16 autocast."""
-        return self.precision == "bf16"
-
     def runtime_record(self) -> dict[str, str]:
         """``{"device": "cuda:0", "precision": "bf16", "backend": "torch"}``: what ``eval``'s
         metrics.json, ``infer``'s record and ``serve``'s ``/v1/model`` store as ``runtime``."""
@@ -232,13 +227,28 @@ class Predictor:
         ]
         return np.concatenate(out) if out else np.zeros((0, len(self.findings)))
 
+    def predict_embed_manifest(
+        self,
+        manifest: Manifest,
+        rows: pd.DataFrame,
+        *,
+        progress: bool = False,
+        calibrated: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(len(rows), C)`` probabilities (as :meth:`predict_manifest`) and ``(len(rows), D)``
+        float32 penultimate features of manifest rows, from one pass over the image cache."""
+        probs, feats = [], []
+        for images in self.manifest_batches(manifest, rows, progress=progress):
+            p, f = self.predict_with_features(images, calibrated=calibrated)
+            probs.append(p)
+            feats.append(f)
+        if not probs:
+            return np.zeros((0, len(self.findings))), np.zeros((0, self.feature_dim), np.float32)
+        return np.concatenate(probs), np.concatenate(feats)
+
     def embed_manifest(
         self, manifest: Manifest, rows: pd.DataFrame, *, progress: bool = False
     ) -> np.ndarray:
         """``(len(rows), D)`` float32 penultimate features of manifest rows (from the image
         cache, in order): the embedding a linear probe or the input gate is fitted on."""
-        out = [
-            self.features_batch(images)
-            for images in self.manifest_batches(manifest, rows, progress=progress)
-        ]
-        return np.concatenate(out) if out else np.zeros((0, self.feature_dim), np.float32)
+        return self.predict_embed_manifest(manifest, rows, progress=progress, calibrated=False)[1]

@@ -178,10 +178,13 @@ def evaluate_checkpoint(
         check_columns(manifest.table, manifest.findings, options.audit_columns)
     val_rows, rows = manifest.rows("val"), manifest.rows(options.split)
     p_val = predictor.predict_manifest(manifest, val_rows, progress=progress, calibrated=False)
-    raw = predictor.predict_manifest(manifest, rows, progress=progress, calibrated=False)
-    embeddings = (
-        predictor.embed_manifest(manifest, rows, progress=progress) if options.audit else None
-    )
+    embeddings = None  # the audit's probe needs them: from the same pass as the scores
+    if options.audit:
+        raw, embeddings = predictor.predict_embed_manifest(
+            manifest, rows, progress=progress, calibrated=False
+        )
+    else:
+        raw = predictor.predict_manifest(manifest, rows, progress=progress, calibrated=False)
     y_val, y = manifest.labels(val_rows, classes), manifest.labels(rows, classes)
     patients = val_rows["patient_id"].astype(str).to_numpy()
     calibrator, thresholds, info = fit_operating_points(y_val, p_val, classes, options, patients)
