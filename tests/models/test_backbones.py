@@ -54,7 +54,7 @@ def test_unknown_backbone_suggests_names() -> None:
 def test_pretrained_without_network_says_what_to_do(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
-    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda *a, **k: False)
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(UserError, match="model.pretrained=false"):
         create_model("resnet10t", 2, pretrained=True)

@@ -17,7 +17,10 @@ alone is used. Any modules can be named instead (``cxrkit cam --layer``).
 
 Vision Transformers (any model with ``patch_embed``, ``blocks`` and ``num_prefix_tokens``,
 e.g. timm's ``vit_*`` and ``deit_*``) hook the input of the last block's attention,
-``blocks[-1].norm1``, with their tokens ``(B, N, C)`` reshaped to ``(B, C, H, W)``.
+``blocks[-1].norm1``, with their tokens ``(B, N, C)`` reshaped to ``(B, C, H, W)``. Foundation
+encoders (:mod:`cxrkit.models.encoders`: DINOv2, SigLIP, CLIP, open_clip towers) name the same
+layer of their own tower (``cam_target``, the last block's first layer norm) and how many
+class/register tokens to drop (``num_prefix_tokens``; SigLIP has none).
 """
 
 from __future__ import annotations
@@ -85,7 +88,11 @@ def cam_layers(
     default of the module docstring (one layer, or two fused for small inputs)."""
     modules = dict(model.named_modules())
     reshape = None
-    if all(hasattr(model, a) for a in ("patch_embed", "blocks", "num_prefix_tokens")):
+    if isinstance(getattr(model, "cam_target", None), str):  # a foundation encoder
+        grid = model.patch_grid(input_size)  # type: ignore[operator]
+        reshape = vit_reshape(int(model.num_prefix_tokens), grid)  # type: ignore[arg-type]
+        candidates = [str(model.cam_target)]
+    elif all(hasattr(model, a) for a in ("patch_embed", "blocks", "num_prefix_tokens")):
         patch_grid = tuple(getattr(model.patch_embed, "grid_size", (0, 0)))
         reshape = vit_reshape(int(model.num_prefix_tokens), patch_grid)  # type: ignore[arg-type]
         candidates = [f"blocks.{len(model.blocks) - 1}.norm1"]  # type: ignore[arg-type]

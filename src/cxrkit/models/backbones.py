@@ -11,8 +11,6 @@ calibration and thresholds are explicit later steps.
 from __future__ import annotations
 
 import contextlib
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +18,8 @@ import timm
 from torch import nn
 
 from cxrkit.errors import UserError, did_you_mean
-
-
-def _hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _hub_offline() -> Iterator[None]:
-    """Make huggingface_hub use its local cache only (no 50 s of retries without network)."""
-    import huggingface_hub.constants as hc
-
-    before = hc.HF_HUB_OFFLINE
-    hc.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        hc.HF_HUB_OFFLINE = before
+from cxrkit.models.encoders import check_encoder, create_encoder, is_encoder
+from cxrkit.models.hub import hub_offline, hub_reachable
 
 
 def create_model(
@@ -56,9 +35,20 @@ def create_model(
     ``output_stride`` 16 or 8 dilates the last stage(s) instead of striding them (same weights,
     a 2x or 4x finer last feature map, so finer class-activation maps); 32 is the default.
 
+    ``hf:<id or folder>`` and ``open_clip:<name or folder>`` are foundation encoders
+    (:mod:`cxrkit.models.encoders`): their weights come from the folder or the Hugging Face
+    cache when ``pretrained``, and they have no ``output_stride``.
+
     Raises a UserError listing the closest names for an unknown backbone, and one explaining
     what to do when pretrained weights cannot be fetched (no network, nothing cached).
     """
+    if is_encoder(backbone):
+        if output_stride != 32:
+            raise UserError(
+                f"model.output_stride={output_stride} applies to CNNs; {backbone} is a "
+                "transformer encoder: leave it at 32"
+            )
+        return create_encoder(backbone, num_classes, pretrained=pretrained, drop_rate=drop_rate)
     check_backbone(backbone)
     kwargs: dict[str, Any] = {"num_classes": num_classes, "in_chans": 1, "drop_rate": drop_rate}
     if output_stride != 32:
@@ -77,7 +67,11 @@ def create_model(
 
 
 def check_backbone(backbone: str) -> None:
-    """A UserError listing the closest timm names when ``backbone`` is not a timm model."""
+    """A UserError listing the closest timm names when ``backbone`` is not a timm model, or
+    saying what is missing when a foundation encoder's source cannot be found."""
+    if is_encoder(backbone):
+        check_encoder(backbone)
+        return
     if backbone not in timm.list_models(pretrained=False):
         raise did_you_mean(backbone, timm.list_models(), what="backbone")
 
@@ -86,9 +80,9 @@ def _create(backbone: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Modul
     """timm.create_model, with an actionable error when pretrained weights are unavailable."""
     if not pretrained:
         return timm.create_model(backbone, pretrained=False, **kwargs)
-    online = _hub_reachable()
+    online = hub_reachable()
     try:
-        with contextlib.nullcontext() if online else _hub_offline():
+        with contextlib.nullcontext() if online else hub_offline():
             return timm.create_model(backbone, pretrained=True, **kwargs)
     except (OSError, RuntimeError, ValueError) as err:
         raise UserError(
@@ -99,6 +93,13 @@ def _create(backbone: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Modul
             f"`python -c \"import timm; timm.create_model('{backbone}', pretrained=True)\"` "
             "to fill the Hugging Face cache (~/.cache/huggingface) and copy it here"
         ) from None
+
+
+def encoder_card_fields(model: nn.Module) -> dict[str, Any]:
+    """What the model card must hold to rebuild ``model`` without its source folder: the
+    ``encoder`` section (config, per-channel normalisation, licence) of a foundation encoder,
+    nothing for a timm model (its name is enough)."""
+    return dict(getattr(model, "card_fields", {}))
 
 
 def cpu_has_native_bf16() -> bool:

@@ -33,6 +33,7 @@ from torch import nn
 from cxrkit.errors import UserError
 from cxrkit.files import atomic_write
 from cxrkit.models.backbones import create_model
+from cxrkit.models.encoders import encoder_from_card
 
 CARD_FORMAT = "cxrkit-model-card/1"
 BUNDLE_FORMAT = "cxrkit-bundle/1"
@@ -86,13 +87,17 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
 
 
 def _build(card: dict[str, Any], state: dict[str, torch.Tensor], where: str | Path) -> nn.Module:
-    """The card's network (no pretrained download) with ``state`` loaded; every key must match."""
-    model = create_model(
-        card["backbone"],
-        len(card["findings"]),
-        pretrained=False,
-        output_stride=card.get("output_stride", 32),
-    )
+    """The card's network (no pretrained download; a foundation encoder from the card's
+    ``encoder`` section, not its source folder) with ``state`` loaded; every key must match."""
+    if card.get("encoder"):
+        model: nn.Module = encoder_from_card(card["encoder"], len(card["findings"]))
+    else:
+        model = create_model(
+            card["backbone"],
+            len(card["findings"]),
+            pretrained=False,
+            output_stride=card.get("output_stride", 32),
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(
