@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from cxrkit import __version__
 from cxrkit.deploy.backends import INT8_FILE, ONNX_FILE
@@ -85,10 +87,42 @@ def export_bundle(
     out = Path(out_dir)
     if loaded.source is not None and out.resolve() == loaded.source.resolve():
         raise UserError(f"--out {out} is the bundle being exported; choose another folder")
-    _prepare_out(out, overwrite)
     card = {k: v for k, v in loaded.card.items() if k not in BUNDLE_KEYS}
     card["source_format"] = card.pop("format", None)
-    model = loaded.model.eval()
+    return write_bundle(
+        loaded.model,
+        card,
+        out,
+        onnx=onnx,
+        quantize=quantize,
+        data=data,
+        opset=opset,
+        overwrite=overwrite,
+        evaluation=metrics,
+    )
+
+
+def write_bundle(
+    model: nn.Module,
+    card: dict[str, Any],
+    out: str | Path,
+    *,
+    onnx: bool = True,
+    quantize: str | None = None,
+    data: str | Path | None = None,
+    opset: int | None = None,
+    overwrite: bool = False,
+    evaluation: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (a cxrkit network: ``(N, 1, S, S)`` normalised float -> ``(N, C)``
+    logits) and its ``card`` (without the :data:`BUNDLE_KEYS`) as the bundle folder ``out``:
+    weights, ONNX and int8 as asked, the card with each file's sha256, ``MODEL_CARD.md``
+    (with ``evaluation``, an eval's ``metrics.json``). ``cxrkit export`` and ``cxrkit import``
+    both write bundles through it."""
+    out = Path(out)
+    _prepare_out(out, overwrite)
+    card = dict(card)
+    model = model.eval()
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, out / BUNDLE_WEIGHTS, metadata={"format": BUNDLE_FORMAT})
     if onnx:
@@ -117,7 +151,7 @@ def export_bundle(
     if data is not None:
         card["quantization"]["validation"] = quantization_auroc(LoadedModel(model, card, out), data)
     write_json(out / BUNDLE_CARD, card)
-    write_model_card(out, card, metrics)
+    write_model_card(out, card, evaluation)
     return out
 
 

@@ -83,6 +83,9 @@ def _manifest_headers(card: dict[str, Any]) -> list[dict[str, Any] | None]:
 def _training(card: dict[str, Any]) -> list[str]:
     data = card.get("training_data") or {}
     lines = ["## Training data", ""]
+    if data.get("description") and not data.get("datasets"):  # an imported model
+        return [*lines, f"- {data.get('source', 'Elsewhere')}: {data['description']} (not by "
+                "cxrkit: no split or patient counts are known here)."]  # fmt: skip
     count = lambda key: f"{data[key]:,}" if isinstance(data.get(key), int) else "n/a"  # noqa: E731
     for d, h in zip(data.get("datasets", []), _manifest_headers(card), strict=True):
         lines.append(f"- **{d['dataset']}** from `{d['prepared']}`; split: {d['split_policy']}.")
@@ -109,6 +112,10 @@ def _training(card: dict[str, Any]) -> list[str]:
 def _performance(card: dict[str, Any], evaluation: dict[str, Any] | None) -> list[str]:
     lines = ["## Performance", ""]
     val = card.get("val_metrics") or {}
+    if evaluation is None and not val:
+        return [*lines, "No figures: the model was not trained by cxrkit and no evaluation "
+                "was given (`cxrkit eval --checkpoint ... --data PREP`, then `--evaluation "
+                "EVALDIR`)."]  # fmt: skip
     if evaluation is None:
         lines += [
             "No held-out evaluation was given to `cxrkit export` (`--evaluation EVALDIR`, the "
@@ -214,7 +221,7 @@ def _operating_points(card: dict[str, Any]) -> list[str]:
         skip = ("values", "method", "patients_sha256")
         where = ", ".join(f"{k}: {v}" for k, v in t.items() if k not in skip)
         lines.append(f"- Thresholds tuned by {t.get('method')} ({where}).")
-        lines += [f"  - {f}: {v:.3f}" for f, v in (t.get("values") or {}).items()]
+        lines += [f"  - {f}: {v:.3g}" for f, v in (t.get("values") or {}).items()]
     c = card.get("calibration")
     lines.append(
         f"- Calibration: {c['method']}, fitted on the same validation images."
@@ -287,6 +294,35 @@ def _limitations(card: dict[str, Any], evaluation: dict[str, Any] | None) -> lis
     return ["## Known limitations", "", *(f"- {x}" for x in found)]
 
 
+def _network(card: dict[str, Any]) -> list[str]:
+    """The network, where its weights came from and the licence they ship with."""
+    lines = ["## The network", "", f"- Backbone: `{card.get('backbone')}`."]
+    enc = card.get("encoder")
+    if enc:
+        lines += [
+            f"- Foundation encoder ({enc['family']}, {enc['architecture']}) from "
+            f"`{enc['source']}`, native input {enc['native_size']} px, patch {enc['patch_size']}"
+            f" px, pooled as the {enc['pooling']}.",
+            f"- Channels: {enc['channels']}; mean {enc['mean']}, std {enc['std']} (from "
+            f"{enc['normalization_source']}).",
+        ]
+    origin = card.get("origin")
+    if origin:
+        lines.append(f"- Imported from {origin.get('kind')}: {_origin_text(origin)}.")
+    licence = card.get("licence") or (
+        "not recorded: a timm backbone; the licence of its pretrained weights is on the timm "
+        "model's page"
+    )
+    lines.append(f"- Licence of the weights: {licence}.")
+    return lines
+
+
+def _origin_text(origin: dict[str, Any]) -> str:
+    """``arch densenet121-res224-nih, file x.pt, kept_outputs A, B``: one line of the origin."""
+    show = lambda v: ", ".join(map(str, v)) if isinstance(v, list) else str(v)  # noqa: E731
+    return "; ".join(f"{k} {show(v)}" for k, v in origin.items() if k != "kind" and v is not None)
+
+
 def model_card_markdown(card: dict[str, Any], evaluation: dict[str, Any] | None = None) -> str:
     """The Markdown text of ``MODEL_CARD.md`` for ``card`` (and an eval's ``metrics.json``)."""
     findings = card.get("findings", [])
@@ -305,6 +341,8 @@ def model_card_markdown(card: dict[str, Any], evaluation: dict[str, Any] | None 
         f"- Input: one-channel radiograph letterboxed to "
         f"{card.get('normalization', {}).get('letterbox_size')} px, resized to "
         f"{card.get('input_size')} px. Written by cxrkit {card.get('cxrkit_version')}.",
+        "",
+        *_network(card),
         "",
         *_training(card),
         "",
