@@ -182,7 +182,26 @@ def _truncated_cache(world: World) -> tuple[list[str], list[Path]]:
     return argv, [prep / "manifest.csv", *(prep / "cache").glob("*.u8")]
 
 
+def _not_a_model(world: World) -> tuple[list[str], list[Path]]:
+    folder = world.tmp / "not-a-model"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("weights to come")
+    return _train(world, f"model.backbone=hf:{folder}"), [folder / "notes.txt"]
+
+
 CASES: dict[str, tuple[Build, str]] = {
+    "train: an hf: backbone folder that is not a model": (
+        _not_a_model,
+        "is not a Hugging Face model folder: no config.json",
+    ),
+    "train: an hf: Hub id neither cached nor downloadable": (
+        lambda w: (_train(w, "model.backbone=hf:cxrkit-tests/no-such-model"), []),
+        "hf:cxrkit-tests/no-such-model",
+    ),
+    "train: an open_clip: architecture that does not exist": (
+        lambda w: (_train(w, "model.backbone=open_clip:ViT-Q-99"), []),
+        "open_clip:ViT-Q-99 is neither a folder nor an architecture open_clip ships",
+    ),
     "prepare: one image listed twice with other labels": (
         _conflicting_rows,
         "is listed 2 times with different labels",

@@ -35,7 +35,18 @@ SHRINK = [
 
 
 def test_every_shipped_recipe_is_covered() -> None:
-    assert {p.stem for p in RECIPE_DIR.glob("*.yaml")} == {"demo", *RECIPES}
+    assert {p.stem for p in RECIPE_DIR.glob("*.yaml")} == {"demo", "probe", *RECIPES}
+
+
+def test_probe_recipe_says_how_to_run_it_and_where_its_numbers_come_from() -> None:
+    """The probe recipe (tests/train/test_probe.py trains it) embeds first, then trains."""
+    path = resolve_recipe("probe")
+    config = load_config(path)
+    text = path.read_text()
+    assert config.data.embeddings and config.optim.scheduler == "none"
+    for step in ("cxrkit prepare ", "cxrkit embed ", "cxrkit train --config probe "):
+        assert step in text
+    assert "Published" in text and "measured" in text
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -94,6 +94,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     from cxrkit.train.config import load_config, resolve_recipe
     from cxrkit.train.fit import fit, resume
     from cxrkit.train.module import launched_as_rank_zero
+    from cxrkit.train.run_folder import RUN_JSON, read_json
 
     if a.resume:
         extra = [f"--{k}" for k in ("config", "data", "out", "overwrite") if getattr(a, k)]
@@ -126,6 +127,12 @@ def cmd_train(a: argparse.Namespace) -> int:
         f"AUROC {result.best_score:.4f}"
     )
     print(f"best checkpoint: {result.best}\nlast checkpoint: {result.last}")
+    init = read_json(result.run / RUN_JSON).get("init")
+    if init:  # model.init: which head rows were carried over by finding name
+        carried = ", ".join(init["carried_over"]) or "none"
+        print(f"model.init {init['source']}: head rows carried over for {carried}")
+        if init["new"]:
+            print(f"new head rows (trained from scratch) for {', '.join(init['new'])}")
     try:
         print(fit_trained_gate(result.best).describe())
     except UserError as err:  # the model is trained and saved: a gate that cannot be fitted

@@ -35,8 +35,10 @@ from cxrkit.cli.commands import (
     cmd_train,
 )
 from cxrkit.cli.devices import add_device_arguments
+from cxrkit.cli.embed import add_embed_parser
 from cxrkit.cli.evaluate import add_evaluate_parsers
 from cxrkit.cli.gate import add_gate_parser
+from cxrkit.cli.importer import add_import_parser
 from cxrkit.cli.serve import add_serve_parser
 from cxrkit.errors import UserError
 
@@ -179,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_evaluate_parsers(add)
     add_gate_parser(add)
+    add_import_parser(add)
+    add_embed_parser(add)
 
     s = add(
         "infer",

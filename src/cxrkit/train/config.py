@@ -37,6 +37,7 @@ class ModelConfig:
     output_stride: int = 32  # 16 or 8: dilate the last stage(s) for finer CAMs (ResNets etc.)
     channels_last: bool = True
     compile: bool = False  # torch.compile the network (first steps slower; faster after)
+    init: str | None = None  # start from this checkpoint/bundle's weights (same backbone)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class DataConfig:
     combine: str = "union"  # several --data: union or intersection of their findings
     sampler: str = "random"  # random | weighted (rare findings drawn more: train/loaders.py)
     pin_memory: bool | None = None  # page-locked batches; None: when CUDA is available
+    embeddings: bool = False  # --data is an embedding folder (cxrkit embed): a linear probe
 
 
 @dataclass
@@ -79,6 +81,7 @@ class OptimConfig:
     weight_decay: float = 1e-5
     scheduler: str = "cosine"  # cosine | plateau | none
     warmup_epochs: float = 0.0
+    layer_decay: float = 1.0  # layer-wise lr decay: lr x decay^(L - layer id); 1.0 = off
 
 
 @dataclass

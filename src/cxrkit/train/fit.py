@@ -45,6 +45,7 @@ from cxrkit.train.module import (
     launched_as_rank_zero,
     new_card,
 )
+from cxrkit.train.probe import fit_probe, refuse_embeddings
 from cxrkit.train.run_folder import (
     BEST,
     CHECKPOINTS,
@@ -53,9 +54,11 @@ from cxrkit.train.run_folder import (
     LAST,
     METRICS_JSON,
     RUN_JSON,
+    FitResult,
     check_free_space,
     check_logger,
     check_writable,
+    describe_training_data,
     environment,
     final_metrics,
     make_loggers,
@@ -69,23 +72,6 @@ from cxrkit.train.run_folder import (
 # What `--resume RUN --set ...` may change: how long to train and how to checkpoint and load,
 # not what is trained. Extending max_epochs re-stretches a cosine schedule over the new total.
 RESUME_MAY_CHANGE = ("trainer.max_epochs", "trainer.checkpoint_every_n_steps", "data.num_workers")
-
-
-@dataclass
-class FitResult:
-    """Where a run put its checkpoints, and its best validation macro AUROC.
-
-    ``resumed_from``: ``{"epoch", "step"}`` of the checkpoint this session started from;
-    ``already_finished``: :func:`resume` found the run complete and trained nothing."""
-
-    run: Path
-    best: Path
-    last: Path
-    best_score: float
-    epochs: int
-    seconds: float
-    resumed_from: dict[str, int] | None = None
-    already_finished: bool = False
 
 
 @dataclass
@@ -125,9 +111,12 @@ def fit(
     """
     out = Path(out)
     validate_config(config)  # a config built or changed in Python skipped load_config's checks
+    if config.data.embeddings:  # a linear probe on an embedding folder (cxrkit embed)
+        return fit_probe(config, data, out, overwrite=overwrite, progress=progress)
     check_backbone(config.model.backbone)  # before anything is written
     check_logger(config.logger)
     folders = [as_location(d) for d in (data if isinstance(data, list) else [data])]  # or URIs
+    refuse_embeddings(folders)
     prepared = _load_data(config, folders)
     rank_zero = launched_as_rank_zero()  # under DDP every rank runs fit(): one writes the folder
     if rank_zero:
@@ -137,6 +126,8 @@ def fit(
     if rank_zero:
         check_free_space(out, module.model)
     info = {"status": "running", "data": prepared.training_data}
+    if "init" in module.card:
+        info["init"] = module.card["init"]
     return _train(config, module, loaders, out, info, ckpt=None, progress=progress)
 
 
@@ -171,6 +162,8 @@ def resume(
                 seconds=0.0,
                 already_finished=True,
             )
+    if config.data.embeddings:
+        raise UserError(f"{run} is a probe run (seconds to train): train it again, --overwrite")
     last = run / CHECKPOINTS / LAST
     if not last.is_file():
         raise UserError(
@@ -229,22 +222,9 @@ def _load_data(config: TrainConfig, folders: list[str | Path]) -> _Data:
         raise UserError(
             "the prepared datasets differ in CLAHE; prepare them alike to train them together"
         )
-    pos, _ = count_labels(train.labels)
-    training_data = {
-        "datasets": [
-            {
-                "dataset": m.header["dataset"],
-                "prepared": m.origin,  # the folder's absolute path, or its URI
-                "split_policy": m.header["split"]["policy"],
-                "patients_sha256": m.header["split"]["patients_sha256"],
-            }
-            for m in manifests
-        ],
-        "combine": config.data.combine,
-        "n_train": len(train.slots),
-        "n_val": len(val.slots),
-        "train_positives": {f: int(p) for f, p in zip(findings, pos, strict=True)},
-    }
+    training_data = describe_training_data(
+        manifests, config.data.combine, findings, train.labels, len(val.slots)
+    )
     return _Data(config, manifests, caches, train, val, training_data)
 
 

@@ -23,13 +23,14 @@ from torch import nn
 from cxrkit import __version__
 from cxrkit.errors import UserError, did_you_mean
 from cxrkit.evaluate.metrics import roc_auc
-from cxrkit.models.backbones import create_model
+from cxrkit.models.backbones import create_model, encoder_card_fields
 from cxrkit.models.checkpoint import CARD_FORMAT
 from cxrkit.models.inputs import eval_transform, input_normalization
 from cxrkit.train.augment import train_transform
 from cxrkit.train.config import AugmentConfig, TrainConfig, config_to_dict
 from cxrkit.train.losses import create_loss
 from cxrkit.train.rules import AUGMENT_ON, SCHEDULERS
+from cxrkit.train.warm_start import apply_init, init_normalization, load_init, param_groups
 
 MONITOR = "val_macro_auroc"
 
@@ -53,10 +54,11 @@ class CXRModule(L.LightningModule):
         self.config = config
         self.augment_in_loader = augment_in_loader
         self.card = card
+        init = load_init(config.model.init, config.model.backbone) if config.model.init else None
         self.model = create_model(
             config.model.backbone,
             len(card["findings"]),
-            pretrained=config.model.pretrained,
+            pretrained=config.model.pretrained and init is None,  # init's weights replace them
             drop_rate=config.model.drop_rate,
             output_stride=config.model.output_stride,
         )
@@ -67,6 +69,11 @@ class CXRModule(L.LightningModule):
             "std": self.std,
             "input": "uint8 gray / 255, letterboxed to a square",
         }
+        card.update(encoder_card_fields(self.model))
+        if init is not None:  # its weights, its head rows by finding, its normalisation
+            card["init"] = apply_init(self.model, init, card["findings"])
+            card["normalization"].update(init_normalization(init))
+            self.mean, self.std = card["normalization"]["mean"], card["normalization"]["std"]
         if config.model.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if config.model.compile:  # in place: the state_dict keys stay those of the model
@@ -151,9 +158,10 @@ class CXRModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         opt_cfg = self.config.optim
-        optimizer = torch.optim.AdamW(
-            self.parameters(), lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay
-        )
+        groups: Any = self.parameters()  # one group, at optim.lr
+        if opt_cfg.layer_decay != 1.0:  # one group per depth (cxrkit.train.warm_start)
+            groups = param_groups(self.model, opt_cfg.lr, opt_cfg.layer_decay)
+        optimizer = torch.optim.AdamW(groups, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
         if opt_cfg.scheduler == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="max", factor=0.1, patience=1

@@ -88,6 +88,10 @@ RULES: dict[str, Rule] = {
     ),
     "model.drop_rate": Rule(lambda v: 0 <= v < 1, "a dropout probability in [0, 1)"),
     "model.output_stride": one_of(OUTPUT_STRIDES),
+    "model.init": Rule(
+        lambda v: v is None or len(v.strip()) > 0,
+        "null or the path of a checkpoint file or bundle folder",
+    ),
     "data.image_size": Rule(
         lambda v: v >= MIN_IMAGE_SIZE,
         f"an integer >= {MIN_IMAGE_SIZE} (the smallest input the backbones accept)",
@@ -124,6 +128,9 @@ RULES: dict[str, Rule] = {
     "optim.weight_decay": Rule(lambda v: v >= 0, "a number >= 0"),
     "optim.scheduler": one_of(SCHEDULERS),
     "optim.warmup_epochs": Rule(lambda v: v >= 0, "a number of epochs >= 0"),
+    "optim.layer_decay": Rule(
+        lambda v: 0 < v <= 1, "a factor in (0, 1] (1: every layer trains at optim.lr)"
+    ),
     "trainer.max_epochs": Rule(lambda v: v >= 1, "an integer >= 1"),
     "trainer.num_nodes": Rule(lambda v: v >= 1, "an integer >= 1"),
     "trainer.precision": one_of(PRECISIONS),

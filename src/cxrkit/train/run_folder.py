@@ -24,22 +24,71 @@ import os
 import platform
 import shutil
 import subprocess
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger
 from torch import nn
 
+from cxrkit.data.manifest import Manifest
 from cxrkit.errors import UserError, did_you_mean
 from cxrkit.files import atomic_write_text, claim_folder, json_float
 from cxrkit.train.config import TrainConfig, config_to_dict
 from cxrkit.train.rules import LOGGERS
 
+
+@dataclass
+class FitResult:
+    """Where a run put its checkpoints, and its best validation macro AUROC.
+
+    ``resumed_from``: ``{"epoch", "step"}`` of the checkpoint this session started from;
+    ``already_finished``: :func:`resume` found the run complete and trained nothing."""
+
+    run: Path
+    best: Path
+    last: Path
+    best_score: float
+    epochs: int
+    seconds: float
+    resumed_from: dict[str, int] | None = None
+    already_finished: bool = False
+
+
 CONFIG, RUN_JSON, METRICS_JSON, EPOCHS_CSV = "config.yaml", "run.json", "metrics.json", "epochs.csv"
 CHECKPOINTS, LAST, BEST = "checkpoints", "last.ckpt", "best.ckpt"
 PACKAGES = ("cxrkit", "torch", "torchvision", "timm", "lightning", "numpy", "mlflow")
+
+
+def describe_training_data(
+    manifests: list[Manifest],
+    combine: str,
+    findings: list[str],
+    train_labels: np.ndarray,
+    n_val: int,
+) -> dict[str, Any]:
+    """run.json's and the card's ``training_data``: each prepared folder (its absolute path or
+    URI, split policy and patients hash), how they were combined, the split sizes and the
+    positives per finding of the ``(n_train, C)`` training labels."""
+    pos = np.nansum(train_labels == 1, axis=0)
+    return {
+        "datasets": [
+            {
+                "dataset": m.header["dataset"],
+                "prepared": m.origin,  # the folder's absolute path, or its URI
+                "split_policy": m.header["split"]["policy"],
+                "patients_sha256": m.header["split"]["patients_sha256"],
+            }
+            for m in manifests
+        ],
+        "combine": combine,
+        "n_train": len(train_labels),
+        "n_val": n_val,
+        "train_positives": {f: int(p) for f, p in zip(findings, pos, strict=True)},
+    }
 
 
 def check_writable(out: Path) -> None:
