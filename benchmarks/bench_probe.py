@@ -22,26 +22,12 @@ import pandas as pd
 import torch
 
 from cxrkit.data import embeddings as store
+from cxrkit.data.labels import CANONICAL
 from cxrkit.data.manifest import write_manifest
 from cxrkit.deploy.embed import backbone_model, save_encoder
 from cxrkit.models.checkpoint import LoadedModel
 
-FINDINGS = [
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-    "Consolidation",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Pleural Thickening",
-    "Hernia",
-]
+FINDINGS = list(CANONICAL[:14])  # NIH's 14
 
 
 def synthetic_folder(root: Path, *, n: int, dim: int, n_findings: int, seed: int = 0) -> Path:
@@ -130,6 +116,7 @@ def main() -> None:
         total = time.perf_counter() - t0
         metrics = read_json(root / "run" / "metrics.json")
         print(
+            f"batch {config.data.batch_size}, lr {config.optim.lr}, "
             f"torch threads {torch.get_num_threads()}: {result.epochs} epochs "
             f"(stopped early: {metrics['stopped_early']}) trained in {result.seconds:.1f} s, "
             f"whole run (loading, checkpoints) {total:.1f} s; best val macro AUROC "

@@ -81,3 +81,30 @@ def test_eval_infer_cam_export_without_the_source_folder(
         bundle = Predictor(load_model(tmp_path / "b"), precision="fp32", backend=backend)
         diff = abs(bundle.predict_batch(x) - ckpt.predict_batch(x)).max()
         assert diff < 1e-5, (backend, diff)
+
+
+def test_embed_and_probe_a_foundation_encoder(prepared: Path, tmp_path: Path) -> None:
+    """``embed --backbone hf:FOLDER`` then ``train --config probe``: the probe checkpoint
+    (encoder + head) predicts what its head gives on the stored embeddings."""
+    import numpy as np
+
+    from cxrkit.data import embeddings as store
+    from cxrkit.data.manifest import load_manifest
+
+    folder = write_rad_dino_like(tmp_path / "enc")
+    emb, run = tmp_path / "emb", tmp_path / "probe"
+    assert main(["embed", "--backbone", f"hf:{folder}", "--data", str(prepared),
+                 "--out", str(emb), "--precision", "fp32"]) == 0  # fmt: skip
+    shutil.rmtree(folder)  # the embedding folder holds the encoder itself
+    assert main(["train", "--config", "probe", "--data", str(emb), "--out", str(run),
+                 "--set", "trainer.max_epochs=20"]) == 0  # fmt: skip
+    loaded = load_model(run / "checkpoints" / "best.ckpt")
+    assert loaded.card["encoder"]["architecture"] == "dinov2" and loaded.card["input_size"] == 64
+    e = store.open_embeddings(emb)
+    rows = e.split("val")
+    with torch.no_grad():
+        head = loaded.model.get_classifier()
+        logits = head(torch.from_numpy(np.asarray(e.array[rows], np.float32))).numpy()
+    manifest = load_manifest(prepared)
+    probs = Predictor(loaded, precision="fp32").predict_manifest(manifest, manifest.rows("val"))
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits)), atol=2e-3)

@@ -59,6 +59,7 @@ def test_hf_encoder_matches_transformers_and_rebuilds_from_card(
 
     model = create_model(f"hf:{folders[kind]}", 3, pretrained=True).eval()
     assert input_normalization(model) == (0.0, 1.0)  # the card passes [0, 1]; RGB happens inside
+    assert model.pretrained_cfg["input_size"] == (1, SIZE, SIZE)  # embed's default size
     enc = model.card_fields["encoder"]
     assert enc["prefix_tokens"] == PREFIX_TOKENS[kind]
     assert enc["native_size"] == SIZE and enc["patch_size"] == 8

@@ -4,7 +4,6 @@ written as a normal checkpoint whose logits are the head applied to the stored e
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -158,8 +157,9 @@ def test_a_manifest_changed_since_embedding_is_refused(prepared: Path, tmp_path:
         fit(load_config(resolve_recipe("probe"), FAST), out, tmp_path / "r", progress=False)
 
 
-def test_100k_embeddings_train_in_well_under_a_minute(tmp_path: Path) -> None:
-    """The benchmark's setting, shortened: 20,000 x 768 float16, 14 findings, 5 epochs."""
+def test_the_benchmark_folder_trains(tmp_path: Path) -> None:
+    """benchmarks/bench_probe.py's synthetic folder, shortened (20,000 x 768 float16, 14
+    findings, 5 epochs), trains to a checkpoint; its speed is measured by the benchmark."""
     import importlib.util
 
     bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_probe.py"
@@ -168,7 +168,7 @@ def test_100k_embeddings_train_in_well_under_a_minute(tmp_path: Path) -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     emb = module.synthetic_folder(tmp_path, n=20000, dim=768, n_findings=14)
-    started = time.perf_counter()
     sets = ["trainer.max_epochs=5", "trainer.patience=0"]
     fit(load_config(resolve_recipe("probe"), sets), emb, tmp_path / "r", progress=False)
-    assert time.perf_counter() - started < 30
+    card = load_checkpoint(tmp_path / "r" / "checkpoints" / "best.ckpt").card
+    assert len(card["findings"]) == 14 and card["val_metrics"]["n_images"] > 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cxrkit.errors import UserError
 from cxrkit.train.config import RECIPES as RECIPE_DIR
 from cxrkit.train.config import load_config, resolve_recipe
 from cxrkit.train.fit import fit
@@ -20,6 +21,12 @@ RECIPES = [
     "mimic",
     "multi_dataset",
 ]
+#: one probe recipe per foundation encoder: the backbone its embeddings must come from
+ENCODER_PROBES = {
+    "raddino_probe": "hf:microsoft/rad-dino",
+    "medsiglip_probe": "hf:google/medsiglip-448",
+    "biomedclip_probe": "open_clip:hf-hub:microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224",
+}
 #: Shrink a recipe to seconds on a CPU: no download, tiny images, a training batch or two.
 SHRINK = [
     "model.pretrained=false",
@@ -35,7 +42,8 @@ SHRINK = [
 
 
 def test_every_shipped_recipe_is_covered() -> None:
-    assert {p.stem for p in RECIPE_DIR.glob("*.yaml")} == {"demo", "probe", *RECIPES}
+    shipped = {p.stem for p in RECIPE_DIR.glob("*.yaml")}
+    assert shipped == {"demo", "probe", *RECIPES, *ENCODER_PROBES, "raddino_finetune"}
 
 
 def test_probe_recipe_says_how_to_run_it_and_where_its_numbers_come_from() -> None:
@@ -92,3 +100,40 @@ def test_recipe_trains_a_few_steps_on_the_phantom(
     card = torch.load(result.best, weights_only=True)["model_card"]
     assert card["backbone"] == config.model.backbone
     assert card["val_metrics"]["n_images"] == card["training_data"]["n_val"]
+
+
+@pytest.mark.parametrize("name", sorted(ENCODER_PROBES))
+def test_encoder_probe_recipes_say_how_to_run_them(name: str) -> None:
+    path = resolve_recipe(name)
+    config = load_config(path)
+    text = path.read_text()
+    assert config.data.embeddings and config.model.backbone == ENCODER_PROBES[name]
+    embed = f"cxrkit embed --backbone {ENCODER_PROBES[name]}"
+    for step in ("hf download ", "cxrkit prepare ", embed, f"cxrkit train --config {name} "):
+        assert step in text, step
+    assert "Published" in text and "0.893" in text and "Licence" in text
+
+
+def test_encoder_recipes_train_on_a_tiny_encoder(prepared: Path, tmp_path: Path) -> None:
+    """The fine-tuning recipe (layer decay on) and a probe recipe, with a tiny DINOv2 folder
+    standing in for RAD-DINO (``--set model.backbone=hf:FOLDER``)."""
+    pytest.importorskip("transformers")
+    from tiny_encoders import write_hf
+
+    from cxrkit.deploy.embed import embed
+
+    backbone = f"hf:{write_hf(tmp_path / 'dino', 'dinov2')}"
+    small = [f"model.backbone={backbone}", "data.image_size=64", "data.batch_size=8",
+             "data.num_workers=0", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+             "trainer.precision=32-true", "optim.warmup_epochs=0"]  # fmt: skip
+    config = load_config(resolve_recipe("raddino_finetune"), small)
+    result = fit(config, prepared, tmp_path / "ft", progress=False)
+    card = torch.load(result.best, weights_only=True)["model_card"]
+    assert card["encoder"]["architecture"] == "dinov2" and card["input_size"] == 64
+    emb = tmp_path / "emb"
+    embed(prepared, emb, backbone=backbone, precision="fp32", device="cpu", progress=False)
+    probe = load_config(resolve_recipe("raddino_probe"), [f"model.backbone={backbone}"])
+    result = fit(probe, emb, tmp_path / "probe", progress=False)
+    assert torch.load(result.best, weights_only=True)["model_card"]["backbone"] == backbone
+    with pytest.raises(UserError, match="the embeddings were made with model.backbone="):
+        fit(load_config(resolve_recipe("raddino_probe")), emb, tmp_path / "p2", progress=False)

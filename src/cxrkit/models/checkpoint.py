@@ -86,18 +86,22 @@ def load_checkpoint(path: str | Path) -> LoadedModel:
     return LoadedModel(model=_build(card, state, path), card=card, source=Path(path))
 
 
-def _build(card: dict[str, Any], state: dict[str, torch.Tensor], where: str | Path) -> nn.Module:
-    """The card's network (no pretrained download; a foundation encoder from the card's
-    ``encoder`` section, not its source folder) with ``state`` loaded; every key must match."""
+def network_from_card(card: dict[str, Any], num_classes: int | None = None) -> nn.Module:
+    """The card's network with random weights, no download: a timm model from its name, a
+    foundation encoder from the card's ``encoder`` section (not its source folder).
+    ``num_classes`` defaults to the card's findings."""
+    n = len(card["findings"]) if num_classes is None else num_classes
     if card.get("encoder"):
-        model: nn.Module = encoder_from_card(card["encoder"], len(card["findings"]))
-    else:
-        model = create_model(
-            card["backbone"],
-            len(card["findings"]),
-            pretrained=False,
-            output_stride=card.get("output_stride", 32),
-        )
+        return encoder_from_card(card["encoder"], n)
+    return create_model(
+        card["backbone"], n, pretrained=False, output_stride=card.get("output_stride", 32)
+    )
+
+
+def _build(card: dict[str, Any], state: dict[str, torch.Tensor], where: str | Path) -> nn.Module:
+    """The card's network (:func:`network_from_card`) with ``state`` loaded; every key must
+    match."""
+    model = network_from_card(card)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(

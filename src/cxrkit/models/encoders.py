@@ -72,7 +72,12 @@ class EncoderNet(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes)
         # The card's scalar normalisation: [0, 1] inputs; the RGB one happens in forward.
-        self.pretrained_cfg = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+        # The native input size is the default where a command picks one (``embed``).
+        self.pretrained_cfg = {
+            "mean": (0.0, 0.0, 0.0),
+            "std": (1.0, 1.0, 1.0),
+            "input_size": (1, spec.native_size, spec.native_size),
+        }
         spec.cam_layer = last_block_norm(tower, spec)
         self.card_fields = {"encoder": spec.to_card(), "licence": spec.licence}
         self.cam_target = f"tower.{spec.cam_layer}"

@@ -24,8 +24,7 @@ from tqdm import tqdm
 from cxrkit.data import embeddings as store
 from cxrkit.errors import UserError
 from cxrkit.evaluate.metrics import roc_auc
-from cxrkit.models.backbones import create_model
-from cxrkit.models.checkpoint import file_sha256
+from cxrkit.models.checkpoint import file_sha256, network_from_card
 from cxrkit.train.callbacks import EpochLog
 from cxrkit.train.config import TrainConfig
 from cxrkit.train.losses import create_loss
@@ -179,9 +178,7 @@ def encoder_card(emb: store.Embeddings) -> dict[str, Any]:
 def probe_model(emb: store.Embeddings, card: dict[str, Any], n_classes: int) -> nn.Module:
     """The encoder of ``emb`` with a fresh ``n_classes`` head (in eval mode); a UserError when
     its classifier is not one ``nn.Linear(D, C)`` on the ``D``-long embeddings."""
-    model = create_model(
-        card["backbone"], n_classes, pretrained=False, output_stride=card.get("output_stride", 32)
-    )
+    model = network_from_card(card, n_classes)
     prefix = head_prefix(model)
     head = model.get_classifier()  # type: ignore[operator]
     if not isinstance(head, nn.Linear) or head.in_features != emb.dim:
