@@ -270,6 +270,25 @@ CASES: dict[str, tuple[Build, str]] = {
     "prepare: --out under a file": (_file_as_out, "cannot create --out"),
     "infer: --out is the input image": (_victim, "is the --source itself"),
     "infer: --out is the --source list": (_source_list_as_out, "is the --source itself"),
+    "infer --devices: more processes than CPU cores": (
+        lambda w: (
+            [
+                "infer",
+                "--checkpoint",
+                str(w.ckpt),
+                "--source",
+                str(w.image),
+                "--out",
+                str(w.tmp / "p.csv"),
+                "--device",
+                "cpu",
+                "--devices",
+                "4096",
+            ],
+            [],
+        ),  # fmt: skip
+        "--devices 4096 processes on",
+    ),
     "infer: an unknown DICOM keyword": (
         lambda w: (
             [

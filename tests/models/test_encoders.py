@@ -183,3 +183,23 @@ def test_truncated_weights_are_refused(folders: dict[str, Path], tmp_path: Path)
 def test_timm_backbones_are_untouched() -> None:
     model = backbones.create_model("resnet10t", 2)
     assert backbones.encoder_card_fields(model) == {}
+
+
+def test_a_hub_id_is_read_from_the_cache_offline(
+    folders: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``hf:org/name`` with no network: the snapshot in the Hugging Face cache layout is used."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--tiny-dino"
+    shutil.copytree(folders["rad_dino"], repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr("cxrkit.models.hub.hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    model = create_model("hf:org/tiny-dino", 2, pretrained=True)
+    assert model.card_fields["encoder"]["source"] == "org/tiny-dino"
+    assert model.card_fields["licence"].startswith("other (msrla")
+    reference = create_model(f"hf:{folders['rad_dino']}", 2, pretrained=True)
+    key = "tower.embeddings.patch_embeddings.projection.weight"
+    assert torch.equal(model.state_dict()[key], reference.state_dict()[key])

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from cxrkit.errors import UserError
 
 if TYPE_CHECKING:
+    from cxrkit.deploy.batch import InferSummary
     from cxrkit.deploy.predictor import Predictor
 
 EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, EXIT_PARTIAL = 1, 2, 3  # 3: infer wrote every row but
@@ -165,19 +166,20 @@ def cmd_infer(a: argparse.Namespace) -> int:
         from cxrkit.deploy.gate import NO_GATE_WARNING
 
         warnings.warn(NO_GATE_WARNING, UserWarning, stacklevel=1)
-    s = write_predictions(
-        predictor,
-        paths,
-        a.out,
-        workers=a.workers,
-        resume=a.resume,
-        overwrite=a.overwrite,
-        dicom_tags=tags,
-        root=Path(a.source) if Path(a.source).is_dir() else None,
-        retry_errors=a.retry_errors,
-        modalities=allowed_modalities(a.allow_modality),
-        refuse_ood=a.refuse_ood,
-    )
+    options = {
+        "workers": a.workers,
+        "resume": a.resume,
+        "overwrite": a.overwrite,
+        "dicom_tags": tags,
+        "root": Path(a.source) if Path(a.source).is_dir() else None,
+        "retry_errors": a.retry_errors,
+        "modalities": allowed_modalities(a.allow_modality),
+        "refuse_ood": a.refuse_ood,
+    }
+    if a.devices != 1:
+        s = _infer_sharded(a, predictor, paths, options)
+    else:
+        s = write_predictions(predictor, paths, a.out, **options)
     print(
         f"{s.ok} image(s) predicted, {s.failed} failed"
         + (f", {s.skipped} already done (resumed)" if s.skipped else "")
@@ -185,6 +187,48 @@ def cmd_infer(a: argparse.Namespace) -> int:
         + f"; wrote {a.out}"
     )
     return EXIT_PARTIAL if s.failed else 0
+
+
+def _infer_sharded(
+    a: argparse.Namespace, predictor: Predictor, paths: list[Path], options: dict
+) -> InferSummary:
+    """``infer --devices N``: the record of this process's predictor (same model and options
+    as every rank's), then N processes (:mod:`cxrkit.deploy.sharded`)."""
+    from cxrkit.cli.devices import device_options
+    from cxrkit.deploy.records import infer_record
+    from cxrkit.deploy.sharded import rank_devices, write_predictions_sharded
+
+    runtime = device_options(a)
+    rank_devices(runtime["device"], a.devices)  # refuse before anything is written
+    if a.refuse_ood and predictor.gate is None:
+        raise UserError(
+            "--refuse-ood needs an input gate in the model card; fit one with "
+            "`cxrkit gate --checkpoint CKPT --data PREP`"
+        )
+    record = infer_record(
+        predictor, options["modalities"], options["dicom_tags"], options["refuse_ood"]
+    )
+    del predictor  # each process loads its own
+    print(f"{a.devices} prediction processes")
+    return write_predictions_sharded(
+        a.checkpoint,
+        paths,
+        a.out,
+        devices=a.devices,
+        device=runtime.pop("device"),
+        root=options.pop("root"),
+        resume=options.pop("resume"),
+        overwrite=options.pop("overwrite"),
+        predictor={
+            "batch_size": a.batch_size,
+            "tta": a.tta,
+            "backend": a.backend,
+            "onnx_copy": True,
+            **runtime,
+        },  # fmt: skip
+        writer=options,
+        record=record,
+    )
 
 
 def allowed_modalities(text: str) -> tuple[str, ...] | None:

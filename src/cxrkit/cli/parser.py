@@ -208,11 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"cores; here {decode_workers})",
     )
     add_device_arguments(s)
-    s.add_argument(
-        "--tta",
-        action="store_true",
-        help="average six views (zoom/shifts; never a horizontal flip)",
-    )
+    s.add_argument("--devices", type=int, default=1, metavar="N", help="prediction processes: "
+                   "one per GPU (cuda:0..N-1) or N sharing the CPU; each predicts a shard, the "
+                   "rows merged in the source's order (default 1)")  # fmt: skip
+    s.add_argument("--tta", action="store_true", help="average six views (zoom/shifts; never a "
+                   "horizontal flip)")  # fmt: skip
     s.add_argument(
         "--backend",
         default="auto",
