@@ -81,3 +81,17 @@ def test_strict_json_turns_non_finite_numbers_into_null(tmp_path: Path) -> None:
     assert json.loads(text)["a"][1] is None
     (tmp_path / ".m.json.abc.tmp").write_text("half")
     assert remove_stale_temps(tmp_path) == [tmp_path / ".m.json.abc.tmp"]
+
+
+def test_atomic_write_refuses_a_device_or_pipe(tmp_path: Path) -> None:
+    """The rename would replace the device itself (``/dev/null`` turned into a file once)."""
+    import os
+
+    from cxrkit.files import atomic_write_text
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match="not a regular file"):
+        atomic_write_text(fifo, "x")
+    assert not fifo.is_file() and fifo.exists()
+    assert not list(tmp_path.glob(".*.tmp"))

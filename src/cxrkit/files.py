@@ -35,8 +35,15 @@ TEMP_SUFFIX = ".tmp"  # atomic_write's temporary files: ``.<name>.<random>.tmp``
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     """Call ``write`` on a temporary file in ``path``'s folder, flush it to disk, then rename
     it over ``path``: ``path`` is always either the old file or the complete new one. A process
-    killed mid-write leaves only a ``.<name>.*.tmp`` beside it (:func:`remove_stale_temps`)."""
+    killed mid-write leaves only a ``.<name>.*.tmp`` beside it (:func:`remove_stale_temps`).
+
+    A ``path`` that exists but is not a regular file (``/dev/null``, a pipe, a folder) is
+    refused: the rename would replace the device itself."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise UserError(
+            f"{path} is not a regular file (a device, pipe or folder); give a file path to write"
+        )
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as fh:
