@@ -193,18 +193,16 @@ def _infer_sharded(
     a: argparse.Namespace, predictor: Predictor, paths: list[Path], options: dict
 ) -> InferSummary:
     """``infer --devices N``: the record of this process's predictor (same model and options
-    as every rank's), then N processes (:mod:`cxrkit.deploy.sharded`)."""
+    as every rank's; building it also exported a checkpoint's ONNX copy once, before N
+    processes would race to), then N processes (:mod:`cxrkit.deploy.sharded`)."""
     from cxrkit.cli.devices import device_options
+    from cxrkit.deploy.batch import check_refuse_ood
     from cxrkit.deploy.records import infer_record
     from cxrkit.deploy.sharded import rank_devices, write_predictions_sharded
 
     runtime = device_options(a)
     rank_devices(runtime["device"], a.devices)  # refuse before anything is written
-    if a.refuse_ood and predictor.gate is None:
-        raise UserError(
-            "--refuse-ood needs an input gate in the model card; fit one with "
-            "`cxrkit gate --checkpoint CKPT --data PREP`"
-        )
+    check_refuse_ood(predictor, a.refuse_ood)
     record = infer_record(
         predictor, options["modalities"], options["dicom_tags"], options["refuse_ood"]
     )

@@ -226,6 +226,16 @@ def decoded_batches(
             yield batch
 
 
+def check_refuse_ood(predictor: Predictor, refuse_ood: bool) -> None:
+    """``refuse_ood`` needs a gate: refusing nothing would look the same as refusing nothing
+    flagged."""
+    if refuse_ood and predictor.gate is None:
+        raise UserError(
+            "--refuse-ood needs an input gate in the model card; fit one with "
+            "`cxrkit gate --checkpoint CKPT --data PREP`"
+        )
+
+
 def check_output(out_csv: Path, paths: Sequence[Path]) -> None:
     """Refuse an ``out_csv`` that is one of the input images, or an existing file that is not
     a cxrkit predictions CSV (an output never replaces an input or a file cxrkit did not
@@ -245,25 +255,32 @@ def check_output(out_csv: Path, paths: Sequence[Path]) -> None:
             )
 
 
+def read_rows(path: Path) -> tuple[list[list[str]], bool]:
+    """The rows of a predictions CSV that a kill did not cut short, and whether one was
+    (its last line without a newline); ``([], False)`` for a missing file."""
+    if not path.is_file():
+        return [], False
+    with path.open(newline="") as fh:
+        text = fh.read()
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    cut = bool(text) and not text.endswith("\n")
+    return (rows[:-1] if cut else rows), cut
+
+
 def resume_rows(out_csv: Path, header: list[str], *, retry_errors: bool = False) -> set[str]:
     """The paths already predicted in ``out_csv``, after making it whole: a half-written last
     row (a kill mid-write) is dropped so that its image is predicted again, and with
     ``retry_errors`` so are the error rows. The file is rewritten atomically when changed."""
-    with out_csv.open(newline="") as fh:
-        text = fh.read()
-    rows = list(csv.reader(io.StringIO(text, newline="")))
+    rows, cut = read_rows(out_csv)
     if not rows or rows[0] != header:
         raise UserError(
             f"{out_csv} was written with other columns (another model or --dicom-tags); "
             "resume into the same settings or a new file"
         )
-    body = rows[1:]
-    if text and not text.endswith("\n"):
-        body = body[:-1]  # the row a kill cut short
-    body = [r for r in body if len(r) == len(header)]
+    body = [r for r in rows[1:] if len(r) == len(header)]
     if retry_errors:
         body = [r for r in body if r[2] == "ok"]
-    if len(body) != len(rows) - 1:
+    if cut or len(body) != len(rows) - 1:
         buffer = io.StringIO(newline="")
         csv.writer(buffer).writerows([header, *body])
         atomic_write_text(out_csv, buffer.getvalue())
@@ -332,11 +349,7 @@ def write_predictions(
         "ood_score",
         "in_distribution",
     ]
-    if refuse_ood and predictor.gate is None:
-        raise UserError(
-            "--refuse-ood needs an input gate in the model card; fit one with "
-            "`cxrkit gate --checkpoint CKPT --data PREP`"
-        )
+    check_refuse_ood(predictor, refuse_ood)
     check_output(out_csv, paths)
     check_dicom_tags(dicom_tags)
     record = infer_record(predictor, modalities, dicom_tags, refuse_ood)

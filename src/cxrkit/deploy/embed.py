@@ -35,10 +35,10 @@ from cxrkit.files import write_json
 from cxrkit.models.backbones import create_model, encoder_card_fields
 from cxrkit.models.checkpoint import (
     BUNDLE_WEIGHTS,
-    CARD_FORMAT,
     LoadedModel,
     file_sha256,
     load_model,
+    new_model_card,
     read_bundle_card,
 )
 from cxrkit.models.devices import resolve_runtime
@@ -78,28 +78,21 @@ def backbone_model(
     cfg = getattr(model, "pretrained_cfg", {}) or {}
     size = image_size or int((cfg.get("input_size") or (1, 224, 224))[-1])
     mean, std = input_normalization(model)
-    card = {
-        "format": CARD_FORMAT,
-        "findings": list(manifest_findings),
-        "backbone": backbone,
-        "output_stride": 32,
-        "in_chans": 1,
-        "input_size": size,
-        "normalization": {
-            "letterbox_size": letterbox_size,
-            "clahe": clahe,
-            "mean": mean,
-            "std": std,
-            "input": "uint8 gray / 255, letterboxed to a square",
-        },
-        "thresholds": None,
-        "calibration": None,
-        "training_data": None,
-        "val_metrics": None,
-        "cxrkit_version": __version__,
-        "pretrained": pretrained,
-        **encoder_card_fields(model),
+    normalization = {
+        "letterbox_size": letterbox_size,
+        "clahe": clahe,
+        "mean": mean,
+        "std": std,
+        "input": "uint8 gray / 255, letterboxed to a square",
     }
+    card = new_model_card(
+        manifest_findings,
+        backbone,
+        size,
+        normalization,
+        pretrained=pretrained,
+        **encoder_card_fields(model),
+    )
     return LoadedModel(model.eval(), card)
 
 

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cxrkit import __version__
 from cxrkit.data.labels import NIH_MAP, canonical_name
 from cxrkit.errors import UserError, did_you_mean
 
@@ -217,6 +216,8 @@ def _card(
 ) -> dict[str, Any]:
     """The model card of the imported bundle (without the files' entries); ``origin``: the
     ``arch``, the weights ``file`` name and its ``sha256``."""
+    from cxrkit.models.checkpoint import new_model_card  # torch: only when importing
+
     op: list[float | None] | None = list(spec.op_threshs) if spec.op_threshs else None
     method = "torchxrayvision operating point"
     if op is None and file_threshs is not None and file_threshs.numel() == 18:
@@ -233,39 +234,38 @@ def _card(
         "note": "txv's op_norm maps each operating point to 0.5: calling sigmoid(logit) >= t "
         "here is txv's call at 0.5; findings without one are called at 0.5",
     }
-    return {
-        "source_format": "torchxrayvision",
-        "findings": findings,
-        "backbone": spec.backbone,
-        "output_stride": 32,
-        "in_chans": 1,
-        "input_size": spec.input_size,
-        "normalization": {
-            "mean": 0.5,
-            "std": 1 / 2048,
-            "letterbox_size": spec.input_size,
-            "clahe": None,
-            "input": "uint8 gray / 255, letterboxed to a square; (x - 0.5) * 2048 is "
-            "torchxrayvision's (x / 255) * 2048 - 1024, in [-1024, 1024]",
-        },
-        "thresholds": thresholds if values else None,
-        "calibration": None,
-        "training_data": {
-            "source": "torchxrayvision",
-            "description": spec.description,
-            "dataset_names": [DATASETS.get(d, d) for d in spec.datasets],
-        },
-        "val_metrics": None,
-        "origin": {
-            "kind": "torchxrayvision",
-            **origin,
-            "container": container,
-            "kept_outputs": [TXV_PATHOLOGIES[j] for j in keep],
-            "dropped_outputs": [TXV_PATHOLOGIES[j] for j in range(18) if j not in keep],
-            "input_convention": "torchxrayvision: 1 channel, (x / 255) * 2048 - 1024 in "
-            "[-1024, 1024], its own pipeline centre-crops to a square and resizes to "
-            f"{spec.input_size} px; cxrkit letterboxes (zero padding) instead",
-        },
-        "licence": LICENCE,
-        "cxrkit_version": __version__,
+    normalization = {
+        "mean": 0.5,
+        "std": 1 / 2048,
+        "letterbox_size": spec.input_size,
+        "clahe": None,
+        "input": "uint8 gray / 255, letterboxed to a square; (x - 0.5) * 2048 is "
+        "torchxrayvision's (x / 255) * 2048 - 1024, in [-1024, 1024]",
     }
+    training_data = {
+        "source": "torchxrayvision",
+        "description": spec.description,
+        "dataset_names": [DATASETS.get(d, d) for d in spec.datasets],
+    }
+    origin_entry = {
+        "kind": "torchxrayvision",
+        **origin,
+        "container": container,
+        "kept_outputs": [TXV_PATHOLOGIES[j] for j in keep],
+        "dropped_outputs": [TXV_PATHOLOGIES[j] for j in range(18) if j not in keep],
+        "input_convention": "torchxrayvision: 1 channel, (x / 255) * 2048 - 1024 in "
+        "[-1024, 1024], its own pipeline centre-crops to a square and resizes to "
+        f"{spec.input_size} px; cxrkit letterboxes (zero padding) instead",
+    }
+    card = new_model_card(
+        findings,
+        spec.backbone,
+        spec.input_size,
+        normalization,
+        training_data=training_data,
+        thresholds=thresholds if values else None,
+        origin=origin_entry,
+        licence=LICENCE,
+    )
+    card.pop("format")  # a bundle card: write_bundle sets its own format
+    return {"source_format": "torchxrayvision", **card}

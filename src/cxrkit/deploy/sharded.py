@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from cxrkit.deploy.batch import InferSummary, check_output, common_folder, write_predictions
+from cxrkit.deploy.batch import (
+    InferSummary,
+    check_output,
+    common_folder,
+    read_rows,
+    write_predictions,
+)
 from cxrkit.deploy.records import record_path, save_record
 from cxrkit.errors import UserError
 from cxrkit.files import atomic_write_text
@@ -78,21 +84,9 @@ def rank_devices(device: str, n: int) -> list[str]:
     raise UserError(f"--devices {n} runs on CUDA GPUs or the CPU, not on {device}; use --devices 1")
 
 
-def _read(path: Path) -> list[list[str]]:
-    """The complete rows of a predictions CSV (a row cut short by a kill is dropped)."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as fh:
-        text = fh.read()
-    rows = list(csv.reader(io.StringIO(text, newline="")))
-    if text and not text.endswith("\n"):
-        rows = rows[:-1]
-    return rows
-
-
 def _split_back(out_csv: Path, parts: Path, shards: Sequence[Sequence[str]]) -> None:
     """Seed the parts from a merged ``out_csv`` (a resumed run that had finished)."""
-    rows = _read(out_csv)
+    rows = read_rows(out_csv)[0]
     if not rows:
         return
     parts.mkdir(parents=True, exist_ok=True)
@@ -154,7 +148,7 @@ def write_predictions_sharded(
     if resume and out_csv.is_file() and not parts.is_dir():
         _split_back(out_csv, parts, shards)
     parts.mkdir(parents=True, exist_ok=True)
-    before = sum(max(0, len(_read(parts / f"part-{k}.csv")) - 1) for k in range(devices))
+    before = sum(max(0, len(read_rows(parts / f"part-{k}.csv")[0]) - 1) for k in range(devices))
     writer = dict(writer or {})
     workers = int(writer.pop("workers", 0))
     threads = max(1, (os.cpu_count() or 1) // devices)
@@ -209,7 +203,7 @@ def _merge(
     header: list[str] | None = None
     by_path: dict[str, list[str]] = {}
     for k in range(devices):
-        rows = _read(parts / f"part-{k}.csv")
+        rows = read_rows(parts / f"part-{k}.csv")[0]
         header = header or rows[0]
         by_path.update({r[0]: r for r in rows[1:]})
     missing = [n for n in names if n not in by_path]

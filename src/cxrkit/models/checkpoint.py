@@ -30,6 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from cxrkit import __version__
 from cxrkit.errors import UserError
 from cxrkit.files import atomic_write
 from cxrkit.models.backbones import create_model
@@ -39,6 +40,35 @@ CARD_FORMAT = "cxrkit-model-card/1"
 BUNDLE_FORMAT = "cxrkit-bundle/1"
 BUNDLE_CARD = "model_card.json"
 BUNDLE_WEIGHTS = "model.safetensors"
+
+
+def new_model_card(
+    findings: list[str],
+    backbone: str,
+    input_size: int,
+    normalization: dict[str, Any],
+    *,
+    output_stride: int = 32,
+    training_data: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A card before any tuning: no thresholds, calibration or validation metrics yet.
+    ``training``, ``embed`` and ``import`` start from it and add their own keys (``extra``)."""
+    return {
+        "format": CARD_FORMAT,
+        "findings": list(findings),
+        "backbone": backbone,
+        "output_stride": output_stride,
+        "in_chans": 1,
+        "input_size": input_size,
+        "normalization": normalization,
+        "thresholds": None,
+        "calibration": None,
+        "training_data": training_data,
+        "val_metrics": None,
+        "cxrkit_version": __version__,
+        **extra,
+    }
 
 
 @dataclass

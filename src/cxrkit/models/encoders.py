@@ -79,9 +79,13 @@ class EncoderNet(nn.Module):
             "input_size": (1, spec.native_size, spec.native_size),
         }
         spec.cam_layer = last_block_norm(tower, spec)
-        self.card_fields = {"encoder": spec.to_card(), "licence": spec.licence}
         self.cam_target = f"tower.{spec.cam_layer}"
         self.num_prefix_tokens = spec.prefix_tokens
+
+    @property
+    def card_fields(self) -> dict[str, Any]:
+        """The card's ``encoder`` section and ``licence`` (:func:`encoder_card_fields`)."""
+        return {"encoder": self.spec.to_card(), "licence": self.spec.licence}
 
     def patch_grid(self, input_size: int) -> tuple[int, int]:
         """The patch-token grid ``(H, W)`` at ``input_size``."""

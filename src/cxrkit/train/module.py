@@ -20,11 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrkit import __version__
 from cxrkit.errors import UserError, did_you_mean
 from cxrkit.evaluate.metrics import roc_auc
 from cxrkit.models.backbones import create_model, encoder_card_fields
-from cxrkit.models.checkpoint import CARD_FORMAT
+from cxrkit.models.checkpoint import new_model_card
 from cxrkit.models.inputs import eval_transform, input_normalization
 from cxrkit.train.augment import train_transform
 from cxrkit.train.config import AugmentConfig, TrainConfig, config_to_dict
@@ -207,21 +206,15 @@ def new_card(
 
     ``letterbox_size`` is the cache size the training images were letterboxed to; inference
     letterboxes new images to the same size before resizing to ``input_size``."""
-    return {
-        "format": CARD_FORMAT,
-        "findings": list(findings),
-        "backbone": config.model.backbone,
-        "output_stride": config.model.output_stride,
-        "in_chans": 1,
-        "input_size": config.data.image_size,
-        "normalization": {"letterbox_size": letterbox_size},
-        "thresholds": None,
-        "calibration": None,
-        "training_data": training_data,
-        "val_metrics": None,
-        "train_config": config_to_dict(config),
-        "cxrkit_version": __version__,
-    }
+    return new_model_card(
+        findings,
+        config.model.backbone,
+        config.data.image_size,
+        {"letterbox_size": letterbox_size},
+        output_stride=config.model.output_stride,
+        training_data=training_data,
+        train_config=config_to_dict(config),
+    )
 
 
 def count_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
