@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 from pydicom.dataset import Dataset
 
+from cxrkit.data.datasets import padchest
 from cxrkit.data.datasets.uncertainty import LABELER_COLUMNS
 from cxrkit.data.labels import NO_FINDING
 
@@ -74,3 +75,56 @@ def dicom_bytes(ds: Dataset, **kwargs: Any) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, **(kwargs or {"enforce_file_format": True}))
     return buf.getvalue()
+
+
+def write_png16(path: Path, seed: int = 0) -> None:
+    """A 36 x 32 16-bit grayscale PNG at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 65535, (36, 32), dtype=np.uint16)
+    assert cv2.imwrite(str(path), pixels)
+
+
+BROKEN = next(iter(padchest.KNOWN_BROKEN))
+PADCHEST_ROWS = [
+    # ImageID, ImageDir, PatientID, Projection, Labels
+    ("a.png", "0", "p1", "PA", "['normal']"),
+    ("b.png", "0", "p2", "AP", "['pleural effusion', ' cardiomegaly', 'COPD signs']"),
+    ("c.png", "1", "p3", "AP_horizontal", "['hydropneumothorax', 'calcified pleural thickening']"),
+    ("d.png", "1", "p3", "L", "['normal']"),
+    ("e.png", "1", "p4", "PA", ""),
+    ("f.png", "1", "p5", "PA", "['unchanged']"),
+    (BROKEN, "0", "p6", "PA", "['normal']"),
+    ("h.png", "0", "p7", "PA", "['exclude']"),
+    ("i.png", "0", "p8", "PA", "['normal']"),  # not on disk
+    ("j.png", "0", "p9", "PA", "['normal', 'nodule']"),
+    ("k.png", "0", "p10", "PA", "['scoliosis']"),
+] + [(f"n{i}.png", "1", f"q{i}", "PA", "['normal']") for i in range(8)]
+#: Row k's ``Manufacturer_DICOM``: PadChest's spellings, padded as a raw cell may be, or blank.
+MANUFACTURERS = ("PhilipsMedicalSystems", " Imaging Dynamics Company Ltd ", "")
+
+
+def fake_padchest(
+    root: Path, rows: list[tuple[str, str, str, str, str]] = PADCHEST_ROWS, *, scanner: bool = True
+) -> Path:
+    """A PadChest tree: the labels CSV of ``rows`` (``ImageID, ImageDir, PatientID, Projection,
+    Labels``) and their 16-bit PNGs (``BROKEN`` truncated, ``i.png`` absent); with ``scanner``
+    the CSV has ``Manufacturer_DICOM``, row k's being ``MANUFACTURERS[k % 3]``."""
+    root.mkdir(parents=True)
+    records = []
+    for k, (image_id, image_dir, patient, projection, labels) in enumerate(rows):
+        if image_id == BROKEN:
+            (root / image_dir).mkdir(parents=True, exist_ok=True)
+            (root / image_dir / image_id).write_bytes(b"\x89PNG truncated")
+        elif image_id != "i.png":
+            write_png16(root / image_dir / image_id, seed=k)
+        records.append({
+            "Unnamed: 0": k, "ImageID": image_id, "ImageDir": image_dir,
+            "StudyDate_DICOM": "20150312", "StudyID": f"st{k}", "PatientID": patient,
+            "PatientBirth": "1950.0" if k else "", "PatientSex_DICOM": "M" if k % 2 else "F",
+            "ViewPosition_DICOM": "POSTEROANTERIOR", "Projection": projection,
+            "MethodProjection": "Manual review of DICOM fields", "Labels": labels,
+        })  # fmt: skip
+        if scanner:
+            records[-1]["Manufacturer_DICOM"] = MANUFACTURERS[k % len(MANUFACTURERS)]
+    pd.DataFrame(records).to_csv(root / padchest.LABELS_CSV, index=False)
+    return root

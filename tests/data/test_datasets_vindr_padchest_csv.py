@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from fakes import BROKEN, PADCHEST_ROWS, fake_padchest, write_png16
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -59,13 +59,6 @@ def write_dicom(path: Path, seed: int = 0) -> None:
     ds.set_pixel_data(pixels, "MONOCHROME2", 12)
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
-
-
-def write_png16(path: Path, seed: int = 0) -> None:
-    """A 24 x 20 16-bit grayscale PNG at ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(seed).integers(0, 65535, (36, 32), dtype=np.uint16)
-    assert cv2.imwrite(str(path), pixels)
 
 
 # --- VinBigData (Kaggle), real head file ---------------------------------------------------
@@ -204,45 +197,9 @@ def test_prepare_vindr_end_to_end_through_the_dicom_cache(tmp_path: Path) -> Non
 
 # --- PadChest, fake tree -----------------------------------------------------------------
 
-BROKEN = next(iter(padchest.KNOWN_BROKEN))
-PADCHEST_ROWS = [
-    # ImageID, ImageDir, PatientID, Projection, Labels
-    ("a.png", "0", "p1", "PA", "['normal']"),
-    ("b.png", "0", "p2", "AP", "['pleural effusion', ' cardiomegaly', 'COPD signs']"),
-    ("c.png", "1", "p3", "AP_horizontal", "['hydropneumothorax', 'calcified pleural thickening']"),
-    ("d.png", "1", "p3", "L", "['normal']"),
-    ("e.png", "1", "p4", "PA", ""),
-    ("f.png", "1", "p5", "PA", "['unchanged']"),
-    (BROKEN, "0", "p6", "PA", "['normal']"),
-    ("h.png", "0", "p7", "PA", "['exclude']"),
-    ("i.png", "0", "p8", "PA", "['normal']"),  # not on disk
-    ("j.png", "0", "p9", "PA", "['normal', 'nodule']"),
-    ("k.png", "0", "p10", "PA", "['scoliosis']"),
-] + [(f"n{i}.png", "1", f"q{i}", "PA", "['normal']") for i in range(8)]
-
-
-def _fake_padchest(root: Path) -> Path:
-    root.mkdir(parents=True)
-    records = []
-    for k, (image_id, image_dir, patient, projection, labels) in enumerate(PADCHEST_ROWS):
-        if image_id == BROKEN:
-            (root / image_dir).mkdir(parents=True, exist_ok=True)
-            (root / image_dir / image_id).write_bytes(b"\x89PNG truncated")
-        elif image_id != "i.png":
-            write_png16(root / image_dir / image_id, seed=k)
-        records.append({
-            "Unnamed: 0": k, "ImageID": image_id, "ImageDir": image_dir,
-            "StudyDate_DICOM": "20150312", "StudyID": f"st{k}", "PatientID": patient,
-            "PatientBirth": "1950.0" if k else "", "PatientSex_DICOM": "M" if k % 2 else "F",
-            "ViewPosition_DICOM": "POSTEROANTERIOR", "Projection": projection,
-            "MethodProjection": "Manual review of DICOM fields", "Labels": labels,
-        })  # fmt: skip
-    pd.DataFrame(records).to_csv(root / padchest.LABELS_CSV, index=False)
-    return root
-
 
 def test_padchest_labels_skips_and_counts(tmp_path: Path) -> None:
-    parsed = padchest.parse(_fake_padchest(tmp_path / "pc"))
+    parsed = padchest.parse(fake_padchest(tmp_path / "pc"))
     t = parsed.table.set_index("image_id")
     assert set(t.index) == {"a.png", "b.png", "c.png", "j.png", "k.png"} | {
         f"n{i}.png" for i in range(8)
@@ -279,7 +236,7 @@ def test_padchest_labels_skips_and_counts(tmp_path: Path) -> None:
 
 
 def test_prepare_padchest_16bit_png(tmp_path: Path) -> None:
-    root = _fake_padchest(tmp_path / "pc")
+    root = fake_padchest(tmp_path / "pc")
     m = prepare("padchest", root, tmp_path / "prep", size=32, progress=False)
     assert m.header["counts"]["failed_to_read"] == 0
     assert m.header["counts"]["prepared"] == 13

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from fakes import MANUFACTURERS, fake_padchest
 from sklearn.metrics import roc_auc_score
 
 from cxrkit.cli.parser import main
 from cxrkit.data.manifest import load_manifest
+from cxrkit.data.prepare import prepare
 from cxrkit.errors import UserError
 from cxrkit.evaluate.audit import check_columns, metadata_baseline, shortcut_audit
 from cxrkit.evaluate.audit_output import audit_table, format_audit
@@ -214,6 +216,43 @@ def test_cli_audit_of_a_predictions_csv_and_a_bad_column(
     assert {"part", "finding", "column", "group", "auroc", "ci_low", "ci_high"} <= set(table)
     report = (out / "report.html").read_text()
     assert "Shortcut audit" in report and "Metadata-only AUROC" in report
+
+
+def test_audit_of_a_prepared_padchest_strata_by_its_scanner_column(tmp_path: Path) -> None:
+    rows = [  # Cardiomegaly on every 4th image, across all three Manufacturer_DICOM values
+        (f"x{i}.png", str(i % 2), f"p{i // 2}", "PA", "['normal']" if i % 4 else "['cardiomegaly']")
+        for i in range(120)
+    ]
+    prepared = tmp_path / "prep"
+    prepare("padchest", fake_padchest(tmp_path / "pc", rows), prepared, size=32, progress=False)
+    preds, out = _predictions(prepared, tmp_path), tmp_path / "ev"
+    args = f"eval --predictions {preds} --labels {prepared} --split train --out {out} --audit"
+    assert main([*args.split(), "--bootstrap", "20", "--calibration", "none"]) == 0
+    columns = json.loads((out / "metrics.json").read_text())["audit"]["columns"]
+    assert columns["used"] == ["sex", "scanner"]  # picked by default: no --audit-columns
+    assert set(columns["unavailable"]) == {"view", "age_band"}  # PA only, one age band
+    train = load_manifest(prepared).rows("train")
+    philips, idc = MANUFACTURERS[0], MANUFACTURERS[1].strip()
+    assert set(train["scanner"]) == {philips, idc, ""}
+    assert columns["levels"]["scanner"] == {
+        name: int((train["scanner"] == value).sum())
+        for name, value in ((idc, idc), (philips, philips), ("(missing)", ""))
+    }
+    strata = json.loads((out / "metrics.json").read_text())["audit"]["strata"]["rows"]
+    by_group = {r["group"]: r for r in strata if r["column"] == "scanner"}
+    assert set(by_group) == {philips, idc}  # unknown scanner: no stratum of its own
+    scores = pd.read_csv(preds).set_index("image_id")["prob_Cardiomegaly"]
+    for name in (philips, idc):
+        subset = train[train["scanner"] == name]
+        row = next(
+            r for r in strata
+            if (r["column"], r["group"], r["finding"]) == ("scanner", name, "Cardiomegaly")
+        )  # fmt: skip
+        want = roc_auc_score(subset["Cardiomegaly"], scores.loc[subset["image_id"]])
+        assert row["auroc"] == pytest.approx(want, abs=1e-12) and row["n"] == len(subset)
+        assert 0 < row["n_positive"] < row["n"] and row["auroc_ci"] is not None
+    table = pd.read_csv(out / "audit.csv")
+    assert {philips, idc} <= set(table.loc[table["column"] == "scanner", "group"])
 
 
 def test_checkpoint_audit_probes_the_embeddings(

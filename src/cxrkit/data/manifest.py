@@ -1,9 +1,12 @@
 """The manifest: the one file later stages need to know about a prepared dataset.
 
 ``PREP/manifest.csv`` has one row per image: ``image_id, path, patient_id, study_id, view,
-sex, age, split, cache_index`` and one float column per finding (1 / 0 / empty = unknown).
-``PREP/manifest.json`` is its header: source dataset and folder, findings, label policy, split
-policy, seed and per-split patient hashes, cache description, counts and failures.
+sex, age``, the dataset's text metadata columns (e.g. ``scanner``; empty = unknown), ``split,
+cache_index`` and one float column per finding (1 / 0 / empty = unknown): see
+:func:`manifest_columns`. ``PREP/manifest.json`` is its header: source dataset and folder,
+findings, metadata columns, label policy, split policy, seed and per-split patient hashes,
+cache description, counts and failures. A header without ``metadata`` (written before it
+existed) has no metadata column.
 
 The header's ``cache`` says where the images are and in which format: ``"format": "memmap"``
 (or no ``format``, as manifests written before LitData shards existed) with a ``file`` relative
@@ -16,6 +19,7 @@ downloads its two manifest files to a local folder (:mod:`cxrkit.data.storage`).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +40,19 @@ FORMAT = "cxrkit-manifest/1"
 CSV_NAME, HEADER_NAME = "manifest.csv", "manifest.json"
 MEMMAP = "memmap"
 CACHE_FORMATS = (MEMMAP, LITDATA)
+
+
+def manifest_columns(findings: Sequence[str], metadata: Sequence[str] = ()) -> list[str]:
+    """The columns of ``manifest.csv`` in order: the base columns, the ``metadata`` columns,
+    ``split``, ``cache_index``, the ``findings``; a UserError when a name repeats."""
+    columns = [*BASE_COLUMNS, *metadata, "split", "cache_index", *findings]
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise UserError(
+            f"the manifest column(s) {', '.join(repeated)} would appear twice: a metadata "
+            "column may not repeat a base column, split, cache_index or a finding"
+        )
+    return columns
 
 
 def open_images(cache_format: str, location: str, n: int, size: int) -> np.ndarray | ShardReader:
@@ -142,14 +159,18 @@ def _load_local(folder: Path, location: str | None = None) -> Manifest:
         raise UserError(
             f"{header_file}: unknown format {header.get('format')!r}, expected {FORMAT}"
         )
-    dtypes = {
-        c: str for c in ("image_id", "path", "patient_id", "study_id", "view", "sex", "split")
-    }
+    metadata = header.get("metadata", [])
+    if not isinstance(metadata, list) or not all(isinstance(c, str) for c in metadata):
+        raise UserError(
+            f"{header_file}: 'metadata' must be a list of column names, not {metadata!r}"
+        )
+    expected = manifest_columns(header["findings"], metadata)
+    text = ("image_id", "path", "patient_id", "study_id", "view", "sex", *metadata, "split")
+    dtypes = {c: str for c in text}
     numeric = [*header["findings"], "age"]
     table = pd.read_csv(
         csv_file, dtype=dtypes, keep_default_na=False, na_values={c: [""] for c in numeric}
     )
-    expected = [*BASE_COLUMNS, "split", "cache_index", *header["findings"]]
     missing = [c for c in expected if c not in table.columns]
     if missing:
         raise UserError(f"{csv_file} lacks the column(s) {', '.join(missing)}")

@@ -2,7 +2,9 @@
 
 Parse the dataset's own metadata (a registered parser), split patient-wise (the official
 split when there is one), check for leakage, decode every image once into the cache, and
-write the manifest with a report of what was done: counts, missing and failed images.
+write the manifest with a report of what was done: counts, missing and failed images. The
+parser's text metadata columns (``Parsed.metadata``, e.g. PadChest's ``scanner``) are kept in
+the manifest and listed in its header's ``metadata``.
 
 With ``--format litdata`` the decoded cache is then written as LitData shards
 (:mod:`cxrkit.data.shards`) beside the manifest, in a local folder or under an object-store
@@ -16,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import warnings
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ import pandas as pd
 
 from cxrkit import __version__
 from cxrkit.data.cache import build_cache, cache_paths
-from cxrkit.data.datasets.base import BASE_COLUMNS, get_dataset
+from cxrkit.data.datasets.base import get_dataset
 from cxrkit.data.manifest import (
     CACHE_FORMATS,
     CSV_NAME,
@@ -34,6 +36,7 @@ from cxrkit.data.manifest import (
     MEMMAP,
     Manifest,
     load_manifest,
+    manifest_columns,
     write_manifest,
 )
 from cxrkit.data.preprocess import Clahe
@@ -95,6 +98,17 @@ def unique_images(table: pd.DataFrame, findings: list[str], root: str | Path) ->
         stacklevel=3,
     )
     return table.drop_duplicates("image_id").reset_index(drop=True)
+
+
+def text_metadata(table: pd.DataFrame, metadata: Sequence[str]) -> pd.DataFrame:
+    """``table`` with its ``metadata`` columns as stripped text, unknown (NaN, e.g. the rows of
+    a part of the dataset that lacks the column) as ``""``; a parser declaring a column its
+    table lacks is a UserError."""
+    absent = [c for c in metadata if c not in table]
+    if absent:
+        raise UserError(f"the parsed table lacks its metadata column(s) {', '.join(absent)}")
+    cleaned = {c: table[c].astype(object).where(table[c].notna(), "") for c in metadata}
+    return table.assign(**{c: values.astype(str).str.strip() for c, values in cleaned.items()})
 
 
 def check_policy(policy: SplitPolicy) -> None:
@@ -248,7 +262,9 @@ def prepare(
         complete = (out / HEADER_NAME).exists()
         claim_folder(out, KIND, overwrite=overwrite, resume=not complete)
     parsed = spec.parse(root, **(options or {}))
-    table = unique_images(parsed.table.reset_index(drop=True), parsed.findings, root)
+    columns = manifest_columns(parsed.findings, parsed.metadata)
+    table = text_metadata(parsed.table.reset_index(drop=True), parsed.metadata)
+    table = unique_images(table, parsed.findings, root)
     table["split"], split_desc = assign_splits(table, parsed.findings, split)
     empty = [s for s in ("train", "val") if not (table["split"] == s).any()]
     if empty:
@@ -274,7 +290,6 @@ def prepare(
     table = table.drop(index=list(built.failures)).drop(columns="official_split", errors="ignore")
     if table.empty:
         raise UserError(f"no image under {root} could be read; see {out / FAILED_NAME}")
-    columns = [*BASE_COLUMNS, "split", "cache_index", *parsed.findings]
     table = table[columns]
     header: dict[str, Any] = {
         "dataset": spec.name,
@@ -282,6 +297,7 @@ def prepare(
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "cxrkit_version": __version__,
         "findings": parsed.findings,
+        "metadata": parsed.metadata,
         "label_policy": parsed.label_policy,
         "options": options or {},
         "split": {

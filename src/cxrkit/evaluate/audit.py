@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cxrkit.data.datasets.base import SITE_COLUMNS
 from cxrkit.errors import UserError, did_you_mean
 from cxrkit.evaluate.bootstrap import bootstrap_ci, paired_auroc_difference
 from cxrkit.evaluate.metrics import roc_auc
@@ -59,7 +60,6 @@ from cxrkit.evaluate.results import (
 from cxrkit.files import json_float
 
 DEFAULT_COLUMNS = ("view", "sex", "age_band")  #: and the first of SITE_COLUMNS present
-SITE_COLUMNS = ("site", "scanner", "manufacturer", "institution")
 NOT_METADATA = ("image_id", "path", "patient_id", "study_id", "split", "cache_index", "key")
 NOT_METADATA += ("official_split",)
 EVENTS_PER_DOF = 10  #: fewer positives (or negatives) per metadata degree of freedom: a caution

@@ -1,8 +1,9 @@
 """The dataset contract and registry.
 
 A dataset module turns a raw folder, as its owners distribute it, into a :class:`Parsed`
-table: one row per image found on disk, the manifest's base columns, one float32 column per
-finding (1 / 0 / NaN = not labelled), and optionally an ``official_split`` column.
+table: one row per image found on disk, the manifest's base columns, any text metadata columns
+of the dataset's own (e.g. ``scanner``), one float32 column per finding (1 / 0 / NaN = not
+labelled), and optionally an ``official_split`` column.
 :func:`cxrkit.data.prepare.prepare` does the rest (splits, leakage check, cache, manifest).
 """
 
@@ -28,15 +29,25 @@ BASE_COLUMNS: tuple[str, ...] = (
     "age",
 )
 
+#: metadata columns naming where or on what an image was taken, in the order the shortcut
+#: audit picks the first present (``cxrkit.evaluate.audit``); kept by the parsers that have one
+SITE_COLUMNS: tuple[str, ...] = ("site", "scanner", "manufacturer", "institution")
+
 
 @dataclass
 class Parsed:
-    """A parsed dataset: ``table`` has BASE_COLUMNS + ``findings`` (+ ``official_split``)."""
+    """A parsed dataset: ``table`` has BASE_COLUMNS + ``metadata`` + ``findings``
+    (+ ``official_split``).
+
+    ``metadata`` names optional text columns the dataset's own files provide for every image
+    (``""`` = unknown), such as ``scanner``: the manifest keeps them after the base columns, so
+    that ``eval --audit`` can stratify by them."""
 
     table: pd.DataFrame
     findings: list[str]
     label_policy: dict[str, Any]
     counts: dict[str, int] = field(default_factory=dict)  # e.g. missing_on_disk, conflicts
+    metadata: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

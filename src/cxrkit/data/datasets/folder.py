@@ -9,8 +9,9 @@ Expected input: ``--root ROOT`` (the image folder) and ``--labels CSV`` with one
 - finding columns (``--findings``, default: every numeric column that is not a known metadata
   column): ``1`` present, ``0`` absent, blank or ``-1`` (uncertain) unknown (NaN);
 - optional metadata columns, matched case-insensitively: ``image_id`` (default: the path),
-  ``study_id``, ``view``, ``sex`` (M/F), ``age`` (years), and ``split`` (an official split:
-  ``train``, ``val``, ``test``, ``trainval`` or blank).
+  ``study_id``, ``view``, ``sex`` (M/F), ``age`` (years), ``split`` (an official split:
+  ``train``, ``val``, ``test``, ``trainval`` or blank), and ``site``, ``scanner``,
+  ``manufacturer``, ``institution`` (text, kept in the manifest for the shortcut audit).
 
 Finding names are mapped onto cxrkit's canonical names when they match one ignoring case
 (``effusion`` -> ``Effusion``) and kept as given otherwise. A ``No Finding`` column is not a
@@ -25,12 +26,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cxrkit.data.datasets.base import BASE_COLUMNS, DatasetSpec, Option, Parsed, register
+from cxrkit.data.datasets.base import (
+    BASE_COLUMNS,
+    SITE_COLUMNS,
+    DatasetSpec,
+    Option,
+    Parsed,
+    register,
+)
 from cxrkit.data.labels import CANONICAL, NO_FINDING, canonical_name
 from cxrkit.errors import UserError, did_you_mean
 
 #: Optional metadata columns of a ``csv`` dataset (lower case); never picked as findings.
-METADATA = ("image_id", "study_id", "view", "sex", "age", "split")
+METADATA = ("image_id", "study_id", "view", "sex", "age", "split", *SITE_COLUMNS)
 OFFICIAL_SPLITS = ("train", "val", "test", "trainval", "")
 _LOWER_CANONICAL = {name.lower(): name for name in (*CANONICAL, NO_FINDING)}
 
@@ -232,6 +240,9 @@ def parse(
         age=table[meta["age"]] if "age" in meta else None,
     )
     out["image_id"] = table[meta["image_id"]] if "image_id" in meta else out["image_id"]
+    sites = [c for c in SITE_COLUMNS if c in meta]  # text, blank = unknown
+    for name in sites:
+        out[name] = table[meta[name]].fillna("").astype(str).str.strip()
     for column, name in zip(columns, names, strict=True):
         out[name] = to_labels(table[column], column=column, file=file)
     if "split" in meta:
@@ -255,7 +266,7 @@ def parse(
         "patient_id": patients,
     }
     counts = {"listed": listed, "missing_on_disk": n_missing}
-    return Parsed(table=out, findings=names, label_policy=policy, counts=counts)
+    return Parsed(table=out, findings=names, label_policy=policy, counts=counts, metadata=sites)
 
 
 SPEC = register(

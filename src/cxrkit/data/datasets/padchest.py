@@ -13,6 +13,8 @@ means no finding. Rows are skipped, and counted, when their projection is not as
 (``--projections``), their image is on the known-broken list, their labels are empty,
 unreadable or only ``unchanged`` (the report refers to an earlier study), they carry
 PadChest's ``exclude`` label, or their image is not on disk. PadChest has no official split.
+When the CSV has ``Manufacturer_DICOM`` (the X-ray unit's maker, from the DICOM header, e.g.
+``PhilipsMedicalSystems``; blank = unknown), it becomes the ``scanner`` metadata column.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ REQUIRED = (
     "Projection",
     "Labels",
 )
+SCANNER_COLUMN = "Manufacturer_DICOM"  #: optional: -> the ``scanner`` metadata column
 PROJECTIONS = ("PA", "AP", "AP_horizontal", "L")
 DEFAULT_PROJECTIONS = ("PA", "AP", "AP_horizontal")
 NORMAL, EXCLUDE, UNCHANGED = "normal", "exclude", "unchanged"
@@ -257,6 +260,9 @@ def parse(root: str | Path, projections: Sequence[str] = DEFAULT_PROJECTIONS) ->
         sex="PatientSex_DICOM",
         age=_age(frame),
     )
+    metadata: list[str] = []
+    if SCANNER_COLUMN in frame:
+        table["scanner"], metadata = frame[SCANNER_COLUMN].str.strip(), ["scanner"]
     for j, finding in enumerate(PADCHEST_FINDINGS):
         table[finding] = labels[:, j]
     policy = {
@@ -267,7 +273,13 @@ def parse(root: str | Path, projections: Sequence[str] = DEFAULT_PROJECTIONS) ->
         "projections": list(projections),
         "known_broken": skipped_broken,
     }
-    return Parsed(table=table, findings=list(PADCHEST_FINDINGS), label_policy=policy, counts=counts)
+    return Parsed(
+        table=table,
+        findings=list(PADCHEST_FINDINGS),
+        label_policy=policy,
+        counts=counts,
+        metadata=metadata,
+    )
 
 
 SPEC = register(
