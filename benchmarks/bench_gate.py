@@ -2,15 +2,16 @@
 
 Groups (:mod:`gate_material`): the model's own phantom test images (in distribution: the
 target is at most 5% flagged), their negatives, pydicom's CT/MR/US/NM/PT frames read with
-modality checks off, skimage's bundled images and random noise (out of distribution: the
-target is at least 95% flagged). Each group goes through ``infer``'s library path
+modality checks off, skimage's bundled images, random noise and lateral-view phantom chest
+films drawn at the test films' size (out of distribution: the target is at least 95%
+flagged). Each group goes through ``infer``'s library path
 (:func:`cxrkit.deploy.batch.predict_paths`); unreadable files are left out of the shares.
 Cost: ``infer`` on the test images with the gate and with it switched off (alternating
 rounds, medians), and model-only: ``predict_batch`` against ``predict_with_features`` plus
-scoring, on cached batches.
+scoring, on cached batches (``--no-timing`` skips it and measures the shares only).
 
     .venv/bin/cxrkit demo --out /tmp/gate-demo --overwrite
-    .venv/bin/python benchmarks/bench_gate.py --demo /tmp/gate-demo
+    .venv/bin/python benchmarks/bench_gate.py --demo /tmp/gate-demo [--no-timing]
     .venv/bin/cxrkit export --checkpoint /tmp/gate-demo/run/checkpoints/best.ckpt \
         --out /tmp/gate-bundle --overwrite
     .venv/bin/python benchmarks/bench_gate.py --checkpoint /tmp/gate-bundle \
@@ -37,19 +38,24 @@ from cxrkit.data.manifest import load_manifest
 from cxrkit.deploy.batch import predict_paths
 from cxrkit.deploy.gate_fit import fit_gate
 from cxrkit.deploy.predictor import Predictor
+from cxrkit.io.images import read_xray
 
 IN_DISTRIBUTION = "phantom test"
 
 
-def groups(prepared: Path, folder: Path, n_negatives: int = 100) -> dict[str, list[Path]]:
+def groups(
+    prepared: Path, folder: Path, n_negatives: int = 100, n_lateral: int = 100
+) -> dict[str, list[Path]]:
     """Each group's image files (written under ``folder`` where made here)."""
     test = [Path(p) for p in load_manifest(prepared).rows("test")["path"]]
+    size = max(read_xray(test[0]).pixels.shape)
     return {
         IN_DISTRIBUTION: test,
         "phantom negatives": material.negatives(test[:n_negatives], folder / "neg"),
         "pydicom CT/MR/US/NM/PT": material.dicom_frames(),
         "skimage.data": material.natural_images(folder / "skimage"),
         "random noise": material.noise_images(folder / "noise"),
+        "lateral phantoms": material.lateral_films(folder / "lateral", n_lateral, size),
     }
 
 
@@ -117,6 +123,7 @@ def main() -> None:
     parser.add_argument("--backend", default="torch", help="e.g. onnx, with a bundle")
     parser.add_argument("--refit", action="store_true", help="fit the gate again first")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-timing", action="store_true", help="the flag shares only")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     a = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -126,22 +133,25 @@ def main() -> None:
     if a.refit or predictor.gate is None:
         print(fit_gate(checkpoint, prepared, progress=False).describe())
         predictor = Predictor.from_checkpoint(checkpoint, backend=a.backend)
-    precision = "bf16" if predictor.bf16 else "fp32"
-    print(f"torch threads {torch.get_num_threads()}, backend {predictor.backend_name} {precision}")
+    print(
+        f"torch threads {torch.get_num_threads()}, backend {predictor.backend_name} "
+        f"{predictor.precision}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         files = groups(prepared, Path(tmp))
         rates = flag_rates(predictor, files)
-        cost = overhead(predictor, files[IN_DISTRIBUTION][:128], a.rounds)
+        cost = None if a.no_timing else overhead(predictor, files[IN_DISTRIBUTION][:128], a.rounds)
     print("\n| group | images read | flagged | share flagged | main reasons |")
     print("| --- | ---: | ---: | ---: | --- |")
     for name, r in rates.items():
         reasons = ", ".join(f"{k} {v}" for k, v in r["reasons"].items()) or "-"
         print(f"| {name} | {r['read']} | {r['flagged']} | {r['rate']:.1%} | {reasons} |")
-    print(
-        f"\ninfer (decode + model), ms/image: {cost['infer_plain']:.2f} without the gate, "
-        f"{cost['infer_gate']:.2f} with it; model only (batch 32): {cost['model_plain']:.2f} "
-        f"-> {cost['model_gate']:.2f}"
-    )
+    if cost is not None:
+        print(
+            f"\ninfer (decode + model), ms/image: {cost['infer_plain']:.2f} without the gate, "
+            f"{cost['infer_gate']:.2f} with it; model only (batch 32): {cost['model_plain']:.2f} "
+            f"-> {cost['model_gate']:.2f}"
+        )
     if a.json:
         a.json.write_text(json.dumps({"rates": rates, "ms_per_image": cost}, indent=2))
 

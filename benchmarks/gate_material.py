@@ -3,7 +3,9 @@
 Every group is made offline from installed packages: pydicom's test files (CT, MR, US, NM and
 PT frames; deduplicated by pixel content, as many are the same image in several encodings),
 the images that ship with scikit-image (``skimage.data``: photographs, micrographs,
-astronomy, text, ...), seeded random noise, and the negatives of given radiographs.
+astronomy, text, ...), seeded random noise, the negatives of given radiographs, and lateral-view
+phantom films (:func:`cxrkit.data.synth.lateral.render_lateral`: a chest, but not the frontal
+view the phantom models are trained on).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cxrkit.data.synth.lateral import render_lateral
 from cxrkit.io.images import read_xray
 from cxrkit.io.xray import ImageReadError
 
@@ -111,3 +114,10 @@ def noise_images(folder: Path, n: int = 40, seed: int = 0) -> list[Path]:
 def negatives(paths: Sequence[Path], folder: Path) -> list[Path]:
     """The negatives (255 - pixels) of readable radiographs, as PNG files."""
     return [_write(folder, f"neg_{Path(p).stem}", 255 - read_xray(p).pixels) for p in paths]
+
+
+def lateral_films(folder: Path, n: int = 100, size: int = 256, seed: int = 0) -> list[Path]:
+    """``n`` lateral-view phantom chest films (``size`` x ``size`` px), seeds ``seed`` onward."""
+    return [
+        _write(folder, f"lateral_{seed + i:04d}", render_lateral(seed + i, size)) for i in range(n)
+    ]

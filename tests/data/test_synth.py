@@ -20,6 +20,7 @@ from cxrkit.data.synth.dataset import (
     sample_lesion,
     sample_patient,
 )
+from cxrkit.data.synth.lateral import render_lateral
 from cxrkit.data.synth.phantom import FINDINGS, render
 from cxrkit.errors import UserError
 
@@ -165,3 +166,56 @@ def test_prevalence_cooccurrence_and_persistence() -> None:
     with_cardio = [found for found in labels if "Cardiomegaly" in found]
     assert sum("Effusion" in f for f in with_cardio) / len(with_cardio) > 2 * counts["Effusion"] / n
     assert persisted / repeats > 0.6
+
+
+def midline_contrast(image: np.ndarray) -> float:
+    """(median of the middle column - median of the fields either side of it) / 255, over
+    rows 25-65%: the mediastinum and spine of a frontal film make it clearly positive."""
+    h, w = image.shape
+    rows = image[int(0.25 * h) : int(0.65 * h)]
+    middle = rows[:, int(0.42 * w) : int(0.58 * w)]
+    sides = np.hstack(
+        [rows[:, int(0.18 * w) : int(0.35 * w)], rows[:, int(0.65 * w) : int(0.82 * w)]]
+    )
+    return (float(np.median(middle)) - float(np.median(sides))) / 255
+
+
+def column_band(image: np.ndarray, start: float, stop: float) -> np.ndarray:
+    """The mean of each column over rows 30-55% (mid-chest), for the columns from ``start`` to
+    ``stop`` (fractions of the width): ``(k,)`` float."""
+    h, w = image.shape
+    return image[int(0.3 * h) : int(0.55 * h), int(start * w) : int(stop * w)].mean(0)
+
+
+def test_render_lateral_is_a_deterministic_gray_film() -> None:
+    import cxrkit.data.synth as synth
+
+    assert synth.render_lateral is render_lateral  # exported from the package
+    for size in (64, 96, 257):
+        image = render_lateral(3, size)
+        assert image.shape == (size, size) and image.dtype == np.uint8
+        assert image.std() > 34  # a film, not a blank: the gate's structural checks pass it
+    np.testing.assert_array_equal(render_lateral(5, 128), render_lateral(5, 128))
+    assert np.abs(render_lateral(5, 128).astype(int) - render_lateral(6, 128)).mean() > 2
+    with pytest.raises(ValueError, match="at least 32"):
+        render_lateral(0, 16)
+
+
+def test_lateral_differs_from_frontal_films() -> None:
+    """A frontal film's brightest column is the middle (mediastinum, spine); a lateral's middle
+    crosses the dark superimposed lung field, its spine runs down the posterior (right) side and
+    air lies in front of the chest and behind the back."""
+    laterals = [render_lateral(seed, 128) for seed in range(20)]
+    frontals = []
+    for pid in range(1, 21):
+        patient = sample_patient(4, pid)
+        study = patient.studies[0]
+        frontals.append(render(patient.anatomy, study.acquisition, study.lesions, 128)[0])
+    assert min(midline_contrast(f) for f in frontals) > 0.25
+    assert max(midline_contrast(lat) for lat in laterals) < 0.15
+    for image in laterals:
+        h, w = image.shape
+        spine = column_band(image, 0.68, 0.86).max()  # the vertebral column, posterior
+        assert spine > column_band(image, 0.56, 0.66).mean() + 8  # the retrocardiac space
+        assert spine > column_band(image, 0.84, 0.92).min() + 12  # the lung behind the spine
+        assert (image[: h // 8, : w // 8] < 20).mean() > 0.5  # air in front of the neck
