@@ -13,7 +13,8 @@ import pytest
 
 from cxrkit.cli.parser import main
 from cxrkit.data.manifest import load_manifest
-from cxrkit.deploy.sharded import parts_folder, rank_devices
+from cxrkit.deploy.ranks import rank_devices
+from cxrkit.deploy.sharded import parts_folder
 from cxrkit.errors import UserError
 
 

@@ -133,6 +133,7 @@ def test_infer_and_eval_print_and_record_device_and_precision(
         "device": str(expected.device),
         "precision": expected.precision,
         "backend": "torch",
+        "processes": 1,
     }
 
 

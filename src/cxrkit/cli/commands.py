@@ -9,14 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from cxrkit.errors import UserError
-
-if TYPE_CHECKING:
-    from cxrkit.deploy.batch import InferSummary
-    from cxrkit.deploy.predictor import Predictor
 
 EXIT_INTERNAL_ERROR, EXIT_USER_ERROR, EXIT_PARTIAL = 1, 2, 3  # 3: infer wrote every row but
 # some images failed; 1: a bug, reported as one line and a log file (cli/parser.py main)
@@ -141,94 +135,6 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_infer(a: argparse.Namespace) -> int:
-    from cxrkit.cli.devices import device_options, runtime_line
-    from cxrkit.deploy.batch import check_dicom_tags, write_predictions
-    from cxrkit.deploy.predictor import Predictor
-    from cxrkit.deploy.sources import resolve_sources
-
-    predictor = Predictor.from_checkpoint(
-        a.checkpoint,
-        batch_size=a.batch_size,
-        tta=a.tta,
-        backend=a.backend,
-        onnx_copy=True,
-        **device_options(a),
-    )
-    if Path(a.out).resolve() == Path(a.source).resolve():
-        raise UserError(f"--out {a.out} is the --source itself; write the CSV elsewhere")
-    tags = tuple(t for t in a.dicom_tags.split(",") if t) if a.dicom_tags else ()
-    check_dicom_tags(tags)  # bad options fail before any output or warning
-    paths = resolve_sources(a.source)
-    print(runtime_line(predictor))
-    print(f"{len(paths)} file(s); backend {predictor.backend_name}" + _faster_hint(predictor))
-    if predictor.gate is None and not a.refuse_ood:
-        from cxrkit.deploy.gate import NO_GATE_WARNING
-
-        warnings.warn(NO_GATE_WARNING, UserWarning, stacklevel=1)
-    options = {
-        "workers": a.workers,
-        "resume": a.resume,
-        "overwrite": a.overwrite,
-        "dicom_tags": tags,
-        "root": Path(a.source) if Path(a.source).is_dir() else None,
-        "retry_errors": a.retry_errors,
-        "modalities": allowed_modalities(a.allow_modality),
-        "refuse_ood": a.refuse_ood,
-    }
-    if a.devices != 1:
-        s = _infer_sharded(a, predictor, paths, options)
-    else:
-        s = write_predictions(predictor, paths, a.out, **options)
-    print(
-        f"{s.ok} image(s) predicted, {s.failed} failed"
-        + (f", {s.skipped} already done (resumed)" if s.skipped else "")
-        + (f", {s.flagged} outside the training distribution" if predictor.gate else "")
-        + f"; wrote {a.out}"
-    )
-    return EXIT_PARTIAL if s.failed else 0
-
-
-def _infer_sharded(
-    a: argparse.Namespace, predictor: Predictor, paths: list[Path], options: dict
-) -> InferSummary:
-    """``infer --devices N``: the record of this process's predictor (same model and options
-    as every rank's; building it also exported a checkpoint's ONNX copy once, before N
-    processes would race to), then N processes (:mod:`cxrkit.deploy.sharded`)."""
-    from cxrkit.cli.devices import device_options
-    from cxrkit.deploy.batch import check_refuse_ood
-    from cxrkit.deploy.records import infer_record
-    from cxrkit.deploy.sharded import rank_devices, write_predictions_sharded
-
-    runtime = device_options(a)
-    rank_devices(runtime["device"], a.devices)  # refuse before anything is written
-    check_refuse_ood(predictor, a.refuse_ood)
-    record = infer_record(
-        predictor, options["modalities"], options["dicom_tags"], options["refuse_ood"]
-    )
-    del predictor  # each process loads its own
-    print(f"{a.devices} prediction processes")
-    return write_predictions_sharded(
-        a.checkpoint,
-        paths,
-        a.out,
-        devices=a.devices,
-        device=runtime.pop("device"),
-        root=options.pop("root"),
-        resume=options.pop("resume"),
-        overwrite=options.pop("overwrite"),
-        predictor={
-            "batch_size": a.batch_size,
-            "tta": a.tta,
-            "backend": a.backend,
-            "onnx_copy": True,
-            **runtime,
-        },  # fmt: skip
-        writer=options,
-        record=record,
-    )
-
-
 def allowed_modalities(text: str) -> tuple[str, ...] | None:
     """``--allow-modality``: the radiograph modalities plus those listed; ``any``: None."""
     from cxrkit.io.xray import RADIOGRAPH_MODALITIES
@@ -237,15 +143,6 @@ def allowed_modalities(text: str) -> tuple[str, ...] | None:
     if "ANY" in extra:
         return None
     return (*RADIOGRAPH_MODALITIES, *extra)
-
-
-def _faster_hint(predictor: Predictor) -> str:
-    """A tip when a CPU run could use onnxruntime but runs PyTorch fp32 (``--backend torch``,
-    or a failed ONNX copy): ``--backend auto`` runs an ONNX copy of a checkpoint there."""
-    cpu_fp32 = predictor.device.type == "cpu" and predictor.precision == "fp32"
-    if predictor.backend_name != "torch" or not cpu_fp32:
-        return ""
-    return " (tip: --backend auto runs an ONNX copy with onnxruntime: faster on this CPU)"
 
 
 def cmd_cam(a: argparse.Namespace) -> int:

@@ -31,11 +31,26 @@ PRECISION_HELP = (
 )
 
 
-def add_device_arguments(s: argparse.ArgumentParser, *, default: str | None = "auto") -> None:
-    """Add ``--device`` and ``--precision`` to ``s``. ``default=None`` (``eval``) leaves them
-    None when not given, so a command can tell that they were (both then mean ``auto``)."""
+GPU_DECODE_HELP = (
+    "auto (default), on or off: decode JPEGs in batches on the GPU (nvJPEG; PNG and DICOM stay "
+    "on the CPU). auto: on with a CUDA device; on without one is refused"
+)
+#: ``--gpu-decode`` -> :func:`cxrkit.deploy.batch.write_predictions`'s ``gpu_decode``
+GPU_DECODE = {"auto": None, "on": True, "off": False}
+
+
+def add_device_arguments(
+    s: argparse.ArgumentParser, *, default: str | None = "auto", gpu_decode: bool = False
+) -> None:
+    """Add ``--device`` and ``--precision`` to ``s`` (and ``--gpu-decode`` with ``gpu_decode``:
+    ``infer``). ``default=None`` (``eval``) leaves them None when not given, so a command can
+    tell that they were (both then mean ``auto``)."""
     s.add_argument("--device", default=default, metavar="DEVICE", help=DEVICE_HELP)
     s.add_argument("--precision", default=default, metavar="PRECISION", help=PRECISION_HELP)
+    if gpu_decode:
+        s.add_argument(
+            "--gpu-decode", choices=list(GPU_DECODE), default="auto", help=GPU_DECODE_HELP
+        )
 
 
 def device_options(a: argparse.Namespace) -> dict[str, str]:

@@ -37,6 +37,15 @@ def add_evaluate_parsers(add: AddParser) -> None:
     s.add_argument("--data", help="prepared folder, with --checkpoint")
     add_device_arguments(s, default=None)  # with --checkpoint only
     s.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --checkpoint: prediction processes, one per GPU (cuda:0..N-1) or N sharing "
+        "the CPU, each predicting a shard; the metrics are computed over the whole set "
+        "(default 1; under torchrun or srun every rank is one of them: leave this out)",
+    )
+    s.add_argument(
         "--predictions",
         help="a predictions CSV from any tool: an image column and "
         "one probability column per finding",
@@ -162,18 +171,28 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
         if a.data is None:
             raise UserError("--checkpoint needs --data PREP (a prepared folder)")
-        print(resolve_runtime(**device_options(a)).line())
+        from cxrkit.deploy.ranks import launch_for
+
+        launch = launch_for(a.devices, device_options(a)["device"])
+        if launch is None or launch.zero:
+            print(resolve_runtime(**device_options(a)).line())
         r = evaluate_checkpoint(
             a.checkpoint,
             a.data,
             a.out,
             options=options,
             write_card=True if a.write_card else False if a.no_write_card else None,
+            devices=a.devices,
+            launch=launch,
             **device_options(a),
         )
+        if r is None:
+            return 0  # a rank other than 0 of a launch: rank 0 evaluates and prints
         card = r.metrics["card"]
         print(f"model card {'updated' if card['written'] else 'kept'}: {card['reason']}")
     else:
+        if a.devices != 1:
+            raise UserError("--devices runs a model: it goes with --checkpoint")
         if a.device is not None or a.precision is not None:
             raise UserError(
                 "--device and --precision run a model: they go with --checkpoint, not with "

@@ -29,7 +29,6 @@ from cxrkit.cli.commands import (
     cmd_datasets,
     cmd_demo,
     cmd_export,
-    cmd_infer,
     cmd_prepare,
     cmd_synth,
     cmd_train,
@@ -39,6 +38,7 @@ from cxrkit.cli.embed import add_embed_parser
 from cxrkit.cli.evaluate import add_evaluate_parsers
 from cxrkit.cli.gate import add_gate_parser
 from cxrkit.cli.importer import add_import_parser
+from cxrkit.cli.infer import cmd_infer
 from cxrkit.cli.serve import add_serve_parser
 from cxrkit.errors import UserError
 
@@ -207,10 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
         "in low-priority background threads, one per core up to 4, the faster choice on 2 "
         f"cores; here {decode_workers})",
     )
-    add_device_arguments(s)
+    add_device_arguments(s, gpu_decode=True)
     s.add_argument("--devices", type=int, default=1, metavar="N", help="prediction processes: "
                    "one per GPU (cuda:0..N-1) or N sharing the CPU; each predicts a shard, the "
-                   "rows merged in the source's order (default 1)")  # fmt: skip
+                   "rows merged in the source's order (default 1; under torchrun or srun every "
+                   "rank is one of them: leave this out)")  # fmt: skip
     s.add_argument("--tta", action="store_true", help="average six views (zoom/shifts; never a "
                    "horizontal flip)")  # fmt: skip
     s.add_argument(

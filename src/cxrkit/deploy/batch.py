@@ -36,13 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from cxrkit.data.preprocess import Clahe, prepare_image
 from cxrkit.deploy.backends import usable_cores
 from cxrkit.deploy.gate import Verdict, refusal, structural_reasons
+from cxrkit.deploy.jpeg_batch import JpegFile, batch_pixels, read_deferred, use_gpu_decode
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.deploy.records import check_resume, infer_record, save_record
 from cxrkit.errors import UserError, did_you_mean
@@ -61,12 +61,13 @@ class Item:
     tags: dict[str, str] = field(default_factory=dict)
     modality: str | None = None
     checks: list[str] = field(default_factory=list)  # the input gate's structural reasons
+    jpeg: JpegFile | None = None  # to be decoded in a batch (jpeg_batch.batch_pixels)
 
 
 class _Decode(Dataset):
     """Reads and letterboxes image ``i`` (in a worker process when the loader has workers);
     DICOMs of a modality outside ``modalities`` are refused (None: any). With ``checks`` the
-    input gate's structural checks run on the decoded file."""
+    input gate's structural checks run on the decoded file; ``defer_jpeg``: see jpeg_batch."""
 
     def __init__(
         self,
@@ -76,18 +77,22 @@ class _Decode(Dataset):
         tags: Sequence[str],
         modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
         checks: bool = False,
+        defer_jpeg: bool = False,
     ):
         self.paths, self.size, self.clahe, self.tags = list(paths), size, clahe, tuple(tags)
         self.modalities, self.checks = modalities, checks
+        self.read = read_deferred if defer_jpeg else read_xray
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Item:
         try:
-            xray = read_xray(self.paths[i], modalities=self.modalities)
+            xray = self.read(self.paths[i], modalities=self.modalities)
         except ImageReadError as err:
             return Item(i, None, err.reason)
+        if isinstance(xray, JpegFile):
+            return Item(i, None, None, jpeg=xray)
         tags = _dicom_tags(self.paths[i], self.tags) if self.tags and xray.format == "DICOM" else {}
         pixels = prepare_image(xray.pixels, self.size, self.clahe)[None]
         checks = structural_reasons(xray) if self.checks else []
@@ -131,24 +136,21 @@ def predict_paths(
     dicom_tags: Sequence[str] = (),
     progress: bool = False,
     modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
+    jpeg_batch: bool = False,
 ) -> Iterator[Prediction]:
     """Predictions for ``paths`` in order; decoding runs ahead of the model (see
     :func:`decoded_batches`). A DICOM of a modality outside ``modalities`` (None: any) gets
     an error naming its modality. With an input gate in the card each prediction carries its
-    :class:`~cxrkit.deploy.gate.Verdict` (features from the same forward pass)."""
-    checks = predictor.gate is not None
-    dataset = _Decode(
-        paths, predictor.letterbox_size, predictor.clahe, dicom_tags, modalities, checks
-    )
+    :class:`~cxrkit.deploy.gate.Verdict` (features from the same forward pass). ``jpeg_batch``:
+    JPEGs decoded in batches on the predictor's device (:mod:`~cxrkit.deploy.jpeg_batch`)."""
+    checks, size, clahe = predictor.gate is not None, predictor.letterbox_size, predictor.clahe
+    dataset = _Decode(paths, size, clahe, dicom_tags, modalities, checks, jpeg_batch)
     bar = tqdm(total=len(paths), desc="predicting", unit="img", disable=not progress)
     with bar:
         for items in decoded_batches(dataset, predictor.batch_size, workers):
-            good = [it for it in items if it.pixels is not None]
+            good, pixels = batch_pixels(items, size, clahe, checks, predictor.device)
             probs, verdicts = (
-                predictor.predict_gated(
-                    torch.from_numpy(np.stack([it.pixels for it in good])),
-                    [it.checks for it in good],
-                )
+                predictor.predict_gated(pixels, [it.checks for it in good])
                 if good
                 else (np.zeros((0, len(predictor.findings))), [])
             )
@@ -323,11 +325,14 @@ def write_predictions(
     retry_errors: bool = False,
     modalities: Collection[str] | None = RADIOGRAPH_MODALITIES,
     refuse_ood: bool = False,
+    gpu_decode: bool | None = None,
 ) -> InferSummary:
     """Stream one CSV row per image to ``out_csv`` (columns in the module docstring).
 
     ``refuse_ood``: images the input gate flags become error rows (a UserError when the model
     has no gate: refusing nothing would look the same as refusing nothing flagged).
+    ``gpu_decode``: JPEGs decoded in batches on the GPU (None: on CUDA; True off CUDA: a
+    UserError; :mod:`cxrkit.deploy.jpeg_batch`).
 
     ``root``: the folder image ids are relative to; None: the deepest folder holding all
     ``paths``. A path outside ``root`` keeps its own path as its id. ``resume`` continues a
@@ -337,22 +342,14 @@ def write_predictions(
     out_csv = Path(out_csv)
     base = Path(root) if root is not None else common_folder(paths)
     names = predictor.findings
-    header = [
-        "path",
-        "image_id",
-        "status",
-        "modality",
-        *dicom_tags,
-        *(f"prob_{f}" for f in names),
-        *(f"call_{f}" for f in names),
-        "findings",
-        "ood_score",
-        "in_distribution",
-    ]
+    header = ["path", "image_id", "status", "modality", *dicom_tags,
+              *(f"prob_{f}" for f in names), *(f"call_{f}" for f in names),
+              "findings", "ood_score", "in_distribution"]  # fmt: skip
     check_refuse_ood(predictor, refuse_ood)
+    gpu = use_gpu_decode(gpu_decode, predictor.device)
     check_output(out_csv, paths)
     check_dicom_tags(dicom_tags)
-    record = infer_record(predictor, modalities, dicom_tags, refuse_ood)
+    record = infer_record(predictor, modalities, dicom_tags, refuse_ood, gpu)
     done: set[str] = set()
     if out_csv.exists() and resume:
         check_resume(out_csv, record)
@@ -375,6 +372,7 @@ def write_predictions(
                 dicom_tags=dicom_tags,
                 progress=progress,
                 modalities=modalities,
+                jpeg_batch=gpu,
             )
         ):
             path_cells = [pred.path, image_id_of(pred.path, base)]

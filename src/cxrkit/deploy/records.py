@@ -4,11 +4,13 @@
 bundle's ``model_card.json``, which lists the sha256 of every file), its findings, and the
 options that change the numbers (TTA, precision, backend, accepted DICOM modalities), and the
 input gate (its threshold and false-alarm rate, or None) with whether flagged images were
-refused; and the device it ran on (``"cpu"``, ``"cuda:0"``, ``"mps"``).
-``infer --resume`` continues a CSV only when the record matches the run about to start, paths
-and the device aside (the same weights at the same precision give the same numbers on another
-machine, within autocast's rounding); otherwise it refuses and names what differs. The record
-saved after a resume holds the latest run's device.
+refused; and the device it ran on (``"cpu"``, ``"cuda:0"``, ``"mps"``) and how JPEGs were
+decoded (``"decode"``: ``"gpu-jpeg"`` in batches on the GPU, ``"cpu"`` by the CPU reader).
+``infer --resume`` continues a CSV only when the record matches the run about to start, paths,
+the device and the decode aside (the same weights at the same precision give the same numbers
+on another machine, within autocast's rounding; GPU-decoded JPEGs differ from the CPU's by at
+most one gray level); otherwise it refuses and names what differs. The record saved after a
+resume holds the latest run's device and decode.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from cxrkit.models.checkpoint import BUNDLE_CARD, file_sha256
 
 FORMAT = "cxrkit-infer-record/1"
 #: record entries that may differ between a run and its ``--resume``
-NOT_COMPARED = ("model", "device")
+NOT_COMPARED = ("model", "device", "decode")
 
 
 def record_path(out_csv: Path) -> Path:
@@ -49,8 +51,10 @@ def infer_record(
     modalities: Collection[str] | None,
     dicom_tags: Collection[str],
     refuse_ood: bool = False,
+    gpu_decode: bool = False,
 ) -> dict[str, Any]:
-    """Everything that decides an ``infer`` CSV's numbers and columns."""
+    """Everything that decides an ``infer`` CSV's numbers and columns; ``gpu_decode``: JPEGs
+    were decoded on the GPU (:mod:`cxrkit.deploy.jpeg_batch`, within a gray level of the CPU)."""
     source = predictor.loaded.source
     gate = predictor.gate
     return {
@@ -62,6 +66,7 @@ def infer_record(
         "precision": predictor.precision,
         "backend": predictor.backend_name,
         "device": str(predictor.device),
+        "decode": "gpu-jpeg" if gpu_decode else "cpu",
         "modalities": None if modalities is None else sorted(modalities),
         "dicom_tags": list(dicom_tags),
         "input_gate": None
@@ -77,7 +82,7 @@ def infer_record(
 
 def check_resume(out_csv: Path, record: dict[str, Any]) -> None:
     """A UserError unless ``out_csv``'s record matches ``record`` (:data:`NOT_COMPARED` aside:
-    the model's path and the device)."""
+    the model's path, the device and the decode)."""
     path = record_path(out_csv)
     try:
         saved = json.loads(path.read_text())

@@ -1,6 +1,8 @@
-"""``cxrkit infer --devices N``: one prediction process per device, one merged CSV.
+"""``cxrkit infer --devices N`` and launched ranks: one prediction process per device, one
+merged CSV.
 
-The source list is cut into ``N`` contiguous shards. Each process (started with ``spawn``)
+The source list is cut into ``N`` contiguous shards (:func:`plan_parts`). Each process
+(started here with ``spawn``, or a rank that torchrun / srun started: :mod:`cxrkit.deploy.ranks`)
 builds its own :class:`~cxrkit.deploy.predictor.Predictor` on its device (``cuda:k`` for the
 k-th GPU; on the CPU, ``N`` processes sharing the cores) and streams its shard through
 :func:`~cxrkit.deploy.batch.write_predictions` into ``.OUT.parts/part-k.csv``, resumable as
@@ -22,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cxrkit.deploy.batch import (
@@ -32,14 +33,15 @@ from cxrkit.deploy.batch import (
     read_rows,
     write_predictions,
 )
+from cxrkit.deploy.ranks import rank_devices, shard_bounds, spawn_ranks
 from cxrkit.deploy.records import record_path, save_record
 from cxrkit.errors import UserError
 from cxrkit.files import atomic_write_text
 
 
 @dataclass(frozen=True)
-class RankJob:
-    """What one process needs (plain data: it crosses a ``spawn``)."""
+class PartJob:
+    """What one rank needs to predict its shard (plain data: it crosses a ``spawn``)."""
 
     rank: int
     device: str
@@ -52,36 +54,81 @@ class RankJob:
     writer: dict[str, Any]  # write_predictions keyword arguments
 
 
+@dataclass(frozen=True)
+class Plan:
+    """The parts of one run: their folder, each rank's paths, the rows done before."""
+
+    out_csv: str
+    names: list[str]
+    shards: list[list[str]]
+    root: str
+    before: int
+
+    @property
+    def parts(self) -> Path:
+        return parts_folder(Path(self.out_csv))
+
+    def part(self, rank: int) -> Path:
+        return self.parts / f"part-{rank}.csv"
+
+    def job(
+        self,
+        rank: int,
+        device: str,
+        threads: int,
+        checkpoint: str | Path,
+        predictor: dict[str, Any],
+        writer: dict[str, Any],
+    ) -> PartJob:
+        """Rank ``rank``'s job: its shard into its part, resumed (``writer``'s ``workers``
+        are this rank's share; its progress bar only on rank 0)."""
+        writer = {**writer, "resume": True}
+        writer["progress"] = bool(writer.get("progress", True)) and rank == 0
+        return PartJob(
+            rank,
+            device,
+            threads,
+            str(checkpoint),
+            self.shards[rank],
+            str(self.part(rank)),
+            self.root,
+            dict(predictor),
+            writer,
+        )
+
+
 def parts_folder(out_csv: Path) -> Path:
     """``preds.csv`` -> ``.preds.csv.parts`` beside it."""
     return out_csv.with_name(f".{out_csv.name}.parts")
 
 
-def rank_devices(device: str, n: int) -> list[str]:
-    """The ``n`` devices of ``--device`` (``auto``/``cuda``: ``cuda:0`` .. ``cuda:n-1``; the
-    CPU: ``n`` processes); a UserError when there are fewer."""
-    if n < 1:
-        raise UserError(f"--devices must be at least 1, got {n}")
-    kind = device.split(":")[0]
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda":
-        have = torch.cuda.device_count()
-        if have < n:
-            raise UserError(
-                f"--devices {n} asks for {n} CUDA GPUs, {have} visible; use --devices {have} "
-                "or --device cpu"
-            )
-        return [f"cuda:{k}" for k in range(n)]
-    if kind == "cpu":
-        cores = os.cpu_count() or 1
-        if n > cores:
-            raise UserError(
-                f"--devices {n} processes on {cores} CPU core(s) would only contend; "
-                f"use --devices {cores} or fewer"
-            )
-        return ["cpu"] * n
-    raise UserError(f"--devices {n} runs on CUDA GPUs or the CPU, not on {device}; use --devices 1")
+def plan_parts(
+    out_csv: str | Path,
+    paths: Sequence[Path],
+    ranks: int,
+    *,
+    root: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Plan:
+    """Check ``out_csv`` and lay out ``ranks`` parts for ``paths`` (contiguous shards): a
+    fresh run clears old parts with ``overwrite``; ``resume`` keeps them, and splits a
+    finished ``out_csv`` back into parts first, so nothing is predicted twice."""
+    out_csv = Path(out_csv)
+    names = [str(p) for p in paths]
+    check_output(out_csv, paths)
+    if out_csv.exists() and not (resume or overwrite):
+        raise UserError(f"{out_csv} exists; pass --resume to continue it or --overwrite")
+    parts = parts_folder(out_csv)
+    if overwrite and not resume:
+        shutil.rmtree(parts, ignore_errors=True)
+    shards = [names[start:stop] for start, stop in shard_bounds(len(names), ranks)]
+    if resume and out_csv.is_file() and not parts.is_dir():
+        _split_back(out_csv, parts, shards)
+    parts.mkdir(parents=True, exist_ok=True)
+    before = sum(max(0, len(read_rows(parts / f"part-{k}.csv")[0]) - 1) for k in range(ranks))
+    base = str(root if root is not None else common_folder(paths))
+    return Plan(str(out_csv), names, shards, base, before)
 
 
 def _split_back(out_csv: Path, parts: Path, shards: Sequence[Sequence[str]]) -> None:
@@ -101,109 +148,52 @@ def _split_back(out_csv: Path, parts: Path, shards: Sequence[Sequence[str]]) -> 
             record_path(part).write_bytes(record)
 
 
-def _run_rank(job: RankJob) -> None:
-    """One process: its Predictor, its shard, its part CSV; a UserError goes to a file."""
+def predict_part(job: PartJob) -> None:
+    """One rank: its Predictor on its device, its shard streamed into its part CSV."""
     from cxrkit.deploy.predictor import Predictor
 
     torch.set_num_threads(job.threads)
-    try:
-        predictor = Predictor.from_checkpoint(job.checkpoint, device=job.device, **job.predictor)
-        write_predictions(
-            predictor, [Path(p) for p in job.paths], job.part, root=job.root, **job.writer
-        )
-    except UserError as err:
-        Path(job.part).with_suffix(".error").write_text(str(err))
-        raise SystemExit(2) from None
+    predictor = Predictor.from_checkpoint(job.checkpoint, device=job.device, **job.predictor)
+    write_predictions(
+        predictor, [Path(p) for p in job.paths], job.part, root=job.root, **job.writer
+    )
 
 
 def write_predictions_sharded(
     checkpoint: str | Path,
-    paths: Sequence[Path],
-    out_csv: str | Path,
+    plan: Plan,
     *,
     devices: int,
     device: str = "auto",
-    root: str | Path | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
     predictor: dict[str, Any] | None = None,
     writer: dict[str, Any] | None = None,
     record: dict[str, Any],
 ) -> InferSummary:
-    """Predict ``paths`` in ``devices`` processes and merge their rows into ``out_csv``.
+    """Predict ``plan``'s shards in ``devices`` spawned processes and merge their rows.
 
     ``predictor``: keyword arguments of ``Predictor.from_checkpoint`` (not ``device``);
     ``writer``: of :func:`write_predictions` (``workers`` is divided among the processes);
-    ``record``: the single-process record, saved beside ``out_csv`` with ``processes``."""
-    out_csv = Path(out_csv)
-    names = [str(p) for p in paths]
-    check_output(out_csv, paths)
-    if out_csv.exists() and not (resume or overwrite):
-        raise UserError(f"{out_csv} exists; pass --resume to continue it or --overwrite")
+    ``record``: the single-process record, saved beside the CSV with ``processes``."""
     targets = rank_devices(device, devices)
-    parts = parts_folder(out_csv)
-    if overwrite and not resume:
-        shutil.rmtree(parts, ignore_errors=True)
-    shards = [list(s) for s in np.array_split(np.array(names, dtype=object), devices)]
-    if resume and out_csv.is_file() and not parts.is_dir():
-        _split_back(out_csv, parts, shards)
-    parts.mkdir(parents=True, exist_ok=True)
-    before = sum(max(0, len(read_rows(parts / f"part-{k}.csv")[0]) - 1) for k in range(devices))
     writer = dict(writer or {})
-    workers = int(writer.pop("workers", 0))
+    writer["workers"] = int(writer.get("workers", 0)) // devices
     threads = max(1, (os.cpu_count() or 1) // devices)
     jobs = [
-        RankJob(
-            k,
-            targets[k],
-            threads,
-            str(checkpoint),
-            shards[k],
-            str(parts / f"part-{k}.csv"),
-            str(root if root is not None else common_folder(paths)),
-            dict(predictor or {}),
-            {
-                **writer,
-                "workers": workers // devices,
-                "resume": True,
-                "progress": bool(writer.get("progress", True)) and k == 0,
-            },
-        )  # fmt: skip
+        plan.job(k, targets[k], threads, checkpoint, predictor or {}, writer)
         for k in range(devices)
     ]
-    context = torch.multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_run_rank, args=(job,)) for job in jobs]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    for job, p in zip(jobs, procs, strict=True):
-        error = Path(job.part).with_suffix(".error")
-        if error.is_file():
-            message = error.read_text()
-            error.unlink()
-            raise UserError(message)
-        if p.exitcode != 0:
-            raise UserError(
-                f"prediction process {job.rank} ({job.device}) ended with exit code "
-                f"{p.exitcode}; its rows so far are kept: rerun with --resume to continue"
-            )
-    return _merge(out_csv, parts, names, devices, before, record)
+    spawn_ranks(predict_part, jobs, plan.parts)
+    return merge_parts(plan, record)
 
 
-def _merge(
-    out_csv: Path,
-    parts: Path,
-    names: list[str],
-    devices: int,
-    before: int,
-    record: dict[str, Any],
-) -> InferSummary:
-    """The parts' rows in source order into ``out_csv`` (atomically); the parts removed."""
+def merge_parts(plan: Plan, record: dict[str, Any]) -> InferSummary:
+    """The parts' rows in source order into the CSV (atomically, with ``record`` and the
+    number of processes beside it); the parts removed."""
+    out_csv, parts, names, ranks = Path(plan.out_csv), plan.parts, plan.names, len(plan.shards)
     header: list[str] | None = None
     by_path: dict[str, list[str]] = {}
-    for k in range(devices):
-        rows = read_rows(parts / f"part-{k}.csv")[0]
+    for k in range(ranks):
+        rows = read_rows(plan.part(k))[0]
         header = header or rows[0]
         by_path.update({r[0]: r for r in rows[1:]})
     missing = [n for n in names if n not in by_path]
@@ -215,13 +205,13 @@ def _merge(
     buffer = io.StringIO(newline="")
     csv.writer(buffer).writerows([header, *body])
     atomic_write_text(out_csv, buffer.getvalue())
-    save_record(out_csv, {**record, "processes": devices})
+    save_record(out_csv, {**record, "processes": ranks})
     shutil.rmtree(parts)
     status = header.index("status")
     flags = header.index("in_distribution")
     return InferSummary(
         ok=sum(r[status] == "ok" for r in body),
         failed=sum(r[status] != "ok" for r in body),
-        skipped=before,
+        skipped=plan.before,
         flagged=sum(r[flags] == "0" for r in body),
     )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +31,9 @@ from cxrkit.evaluate.predictions import load_labels, match, read_predictions, sp
 from cxrkit.evaluate.results import evaluate, per_class_table, subgroups
 from cxrkit.evaluate.thresholds import FALLBACK_THRESHOLD, check_method, tune_thresholds
 from cxrkit.files import claim_folder, write_json
+
+if TYPE_CHECKING:
+    from cxrkit.deploy.ranks import Launch
 
 CALIBRATIONS = ("none", "auto", "temperature", "platt", "isotonic")
 
@@ -148,10 +151,17 @@ def evaluate_checkpoint(
     progress: bool = True,
     device: str = "cpu",
     precision: str = "auto",
-) -> EvalResult:
+    devices: int = 1,
+    launch: Launch | None = None,
+) -> EvalResult | None:
     """Predict the val and ``options.split`` rows of a prepared folder and evaluate, on
     ``device`` at ``precision`` (as ``--device`` / ``--precision``: :mod:`cxrkit.models.devices`;
-    recorded as ``metrics["runtime"]``, ``{"device", "precision", "backend"}``).
+    recorded as ``metrics["runtime"]``, ``{"device", "precision", "backend", "processes"}``).
+
+    ``devices > 1``: the rows are predicted in that many spawned processes
+    (:func:`cxrkit.deploy.sharded_rows.predict_rows`); ``launch``: by the ranks torchrun /
+    srun started, this one among them; the metrics are computed once over the whole set, by
+    this process or rank 0 (the other ranks return None).
 
     The thresholds and calibration fitted on val go into the checkpoint's card with where
     they came from (:func:`card_decision`): ``write_card`` None writes them only when they
@@ -166,9 +176,11 @@ def evaluate_checkpoint(
         )
     # Imported here: evaluating predictions (the rest of this module) needs no torch.
     from cxrkit.deploy.predictor import Predictor
+    from cxrkit.deploy.sharded_rows import predict_rows
     from cxrkit.models.checkpoint import update_card
 
-    predictor = Predictor.from_checkpoint(checkpoint, device=device, precision=precision)
+    here = launch.device(device)[0] if launch is not None else device
+    predictor = Predictor.from_checkpoint(checkpoint, device=here, precision=precision)
     manifest = load_manifest(data)
     classes = predictor.findings
     missing = [f for f in classes if f not in manifest.findings]
@@ -177,14 +189,24 @@ def evaluate_checkpoint(
     if options.audit and options.audit_columns:
         check_columns(manifest.table, manifest.findings, options.audit_columns)
     val_rows, rows = manifest.rows("val"), manifest.rows(options.split)
-    p_val = predictor.predict_manifest(manifest, val_rows, progress=progress, calibrated=False)
-    embeddings = None  # the audit's probe needs them: from the same pass as the scores
-    if options.audit:
-        raw, embeddings = predictor.predict_embed_manifest(
-            manifest, rows, progress=progress, calibrated=False
-        )
-    else:
-        raw = predictor.predict_manifest(manifest, rows, progress=progress, calibrated=False)
+    # One pass over val and the split; the audit's probe needs the split's embeddings.
+    predicted = predict_rows(
+        predictor,
+        manifest,
+        pd.concat([val_rows, rows]),
+        features=options.audit,
+        progress=progress,
+        devices=devices,
+        launch=launch,
+        checkpoint=checkpoint,
+        data=data,
+        device=device,
+        predictor_options={"precision": precision},
+    )
+    if predicted is None:
+        return None  # a rank other than 0: rank 0 evaluates
+    p_val, raw = predicted[0][: len(val_rows)], predicted[0][len(val_rows) :]
+    embeddings = None if predicted[1] is None else predicted[1][len(val_rows) :]
     y_val, y = manifest.labels(val_rows, classes), manifest.labels(rows, classes)
     patients = val_rows["patient_id"].astype(str).to_numpy()
     calibrator, thresholds, info = fit_operating_points(y_val, p_val, classes, options, patients)
@@ -202,7 +224,10 @@ def evaluate_checkpoint(
         "checkpoint": str(Path(checkpoint).resolve()),
         "data": str(data) if is_uri(data) else str(Path(data).resolve()),
     }
-    metrics["runtime"] = predictor.runtime_record()
+    metrics["runtime"] = {
+        **predictor.runtime_record(),
+        "processes": launch.world if launch is not None else devices,
+    }
     origin = tuning_origin(manifest)
     write, reason = card_decision(predictor.card, origin, write_card, Path(checkpoint).is_dir())
     metrics["card"] = {"written": write, "reason": reason}

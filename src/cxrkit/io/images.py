@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -100,9 +101,20 @@ def read_xray(
             (:data:`~cxrkit.io.xray.MIN_SIDE`), an unsupported DICOM, a DICOM without pixel
             data or of a modality not in ``modalities``.
     """
+    return read_xray_bytes(
+        read_file(path),
+        name=str(path),
+        max_pixels=max_pixels,
+        modalities=modalities,
+        min_side=min_side,
+    )
+
+
+def read_file(path: str | Path) -> bytes:
+    """The bytes of the file at ``path``; :class:`ImageReadError` naming why it cannot be read."""
     name = str(path)
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except FileNotFoundError:
         raise ImageReadError(name, "file not found") from None
     except IsADirectoryError:
@@ -111,9 +123,6 @@ def read_xray(
         raise ImageReadError(name, "permission denied") from None
     except OSError as exc:
         raise ImageReadError(name, f"cannot open file ({exc.strerror or exc})") from exc
-    return read_xray_bytes(
-        data, name=name, max_pixels=max_pixels, modalities=modalities, min_side=min_side
-    )
 
 
 def read_xray_bytes(
@@ -192,10 +201,20 @@ def _read_png(data: bytes, name: str, max_pixels: int) -> XRay:
     return XRay(_to_gray_uint8(img), name, "PNG", data[24], None, None, chroma(img))
 
 
-def _jpeg_header(data: bytes) -> tuple[int, int, int, int, int] | None:
-    """Walk the JPEG markers up to the first scan: (height, width, precision, components,
-    scan offset)."""
-    frame: tuple[int, int, int, int] | None = None
+class JpegHeader(NamedTuple):
+    """A JPEG's frame header (SOF) and where its first scan starts."""
+
+    height: int
+    width: int
+    precision: int  # bits per sample: 8, or 12 (extended), 2-16 (lossless)
+    components: int  # 1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK
+    scan: int  # offset of the first SOS marker
+    sof: int  # the SOF marker: 0xC0 baseline, 0xC1 extended, 0xC2 progressive, ...
+
+
+def jpeg_header(data: bytes) -> JpegHeader | None:
+    """Walk the JPEG markers up to the first scan; None when there is no frame and scan header."""
+    frame: tuple[int, int, int, int, int] | None = None
     i = 2
     while i + 4 <= len(data):
         if data[i] != 0xFF:
@@ -206,29 +225,35 @@ def _jpeg_header(data: bytes) -> tuple[int, int, int, int, int] | None:
         elif marker in _JPEG_STANDALONE:
             i += 2
         elif marker == _JPEG_SOS:
-            return None if frame is None else (*frame, i)
+            return None if frame is None else JpegHeader(*frame[:4], i, frame[4])
         else:
             if marker in _JPEG_SOF and i + 9 <= len(data):
                 height = int.from_bytes(data[i + 5 : i + 7], "big")
                 width = int.from_bytes(data[i + 7 : i + 9], "big")
                 components = data[i + 9] if i + 10 <= len(data) else 1
-                frame = (height, width, data[i + 4], components)
+                frame = (height, width, data[i + 4], components, marker)
             i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return None
 
 
-def _read_jpeg(data: bytes, name: str, max_pixels: int) -> XRay:
-    header = _jpeg_header(data)
+def check_jpeg(data: bytes, name: str, max_pixels: int) -> JpegHeader:
+    """The header of a JPEG that can be decoded, checked before decoding: an
+    :class:`ImageReadError` for a missing header, too many pixels or no end-of-image marker."""
+    header = jpeg_header(data)
     if header is None:
         raise ImageReadError(name, "truncated or corrupt JPEG header (no frame and scan header)")
-    height, width, precision, components, scan = header
-    check_dimensions(name, height, width, max_pixels)
-    if data.rfind(_JPEG_EOI, scan) < 0:
+    check_dimensions(name, header.height, header.width, max_pixels)
+    if data.rfind(_JPEG_EOI, header.scan) < 0:
         raise ImageReadError(name, "truncated JPEG data (no end-of-image marker)")
+    return header
+
+
+def _read_jpeg(data: bytes, name: str, max_pixels: int) -> XRay:
+    header = check_jpeg(data, name, max_pixels)
     # IMREAD_GRAYSCALE: libjpeg outputs luma directly (fast) and EXIF orientation is applied.
     img = _decode(data, cv2.IMREAD_GRAYSCALE)
     if img is None:
         raise ImageReadError(name, "corrupt or unsupported JPEG data")
-    reduced = _decode(data, cv2.IMREAD_REDUCED_COLOR_8) if components >= 3 else None
+    reduced = _decode(data, cv2.IMREAD_REDUCED_COLOR_8) if header.components >= 3 else None
     colour = chroma(reduced) if reduced is not None else 0.0
-    return XRay(_to_gray_uint8(img), name, "JPEG", precision, None, None, colour)
+    return XRay(_to_gray_uint8(img), name, "JPEG", header.precision, None, None, colour)

@@ -1,0 +1,298 @@
+"""Prediction in several processes: started here (``--devices N``) or by a launcher.
+
+Two ways to have ranks:
+
+- **spawned** (:func:`spawn_ranks`): ``infer/eval --devices N`` starts ``N`` processes with
+  ``spawn`` and waits for them; a :class:`~cxrkit.errors.UserError` in one comes back as the
+  same one-line error, any other death as its exit code.
+- **launched** (:func:`launched`): ``torchrun --nproc-per-node N --no-python cxrkit …`` or
+  SLURM's ``srun cxrkit …`` started every rank, found through Lightning's cluster environments
+  (``TorchElasticEnvironment``, ``SLURMEnvironment``). The ranks meet in a gloo process group
+  (:meth:`Launch.join`); rank 0 prepares and merges, every rank predicts its shard, and a
+  UserError on any rank ends every rank with the same message (:meth:`Launch.on_zero`,
+  :meth:`Launch.everywhere`).
+
+Shards are contiguous slices of the work (:func:`shard_bounds`), the same in both ways, so
+rank ``k`` of a launched run and process ``k`` of a spawned one write the same part.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import torch
+
+from cxrkit.errors import UserError
+
+T = TypeVar("T")
+
+#: seconds the ranks wait for each other to start (``CXRKIT_RENDEZVOUS_TIMEOUT`` overrides);
+#: a lone process that only looks launched (``SLURM_NTASKS`` set in an ``sbatch`` script, no
+#: ``srun``) fails after this long instead of waiting for ranks that will never come.
+RENDEZVOUS_TIMEOUT_S = 300
+#: seconds a rank waits at a collective for the slowest rank's shard (a day).
+COLLECTIVE_TIMEOUT_S = 24 * 3600
+
+
+def shard_bounds(n: int, ranks: int) -> list[tuple[int, int]]:
+    """``ranks`` contiguous ``[start, stop)`` slices of ``range(n)``, sizes differing by at
+    most one (``numpy.array_split``'s)."""
+    base, extra = divmod(n, ranks)
+    bounds, start = [], 0
+    for k in range(ranks):
+        stop = start + base + (k < extra)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def rank_devices(device: str, n: int) -> list[str]:
+    """The ``n`` devices of ``--device`` for ``--devices n`` (``auto``/``cuda``: ``cuda:0`` ..
+    ``cuda:n-1``; the CPU: ``n`` processes); a UserError when there are fewer."""
+    if n < 1:
+        raise UserError(f"--devices must be at least 1, got {n}")
+    kind = device.split(":")[0]
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        have = torch.cuda.device_count()
+        if have < n:
+            raise UserError(
+                f"--devices {n} asks for {n} CUDA GPUs, {have} visible; use --devices {have} "
+                "or --device cpu"
+            )
+        return [f"cuda:{k}" for k in range(n)]
+    if kind == "cpu":
+        cores = os.cpu_count() or 1
+        if n > cores:
+            raise UserError(
+                f"--devices {n} processes on {cores} CPU core(s) would only contend; "
+                f"use --devices {cores} or fewer"
+            )
+        return ["cpu"] * n
+    raise UserError(f"--devices {n} runs on CUDA GPUs or the CPU, not on {device}; use --devices 1")
+
+
+class RankJob(Protocol):
+    """What :func:`spawn_ranks` needs of a job (plain data: it crosses a ``spawn``)."""
+
+    rank: int
+    device: str
+    threads: int
+
+
+J = TypeVar("J", bound=RankJob)
+
+
+def _child(target: Callable[[Any], None], job: RankJob, error: str) -> None:
+    torch.set_num_threads(job.threads)
+    try:
+        target(job)
+    except UserError as err:
+        Path(error).write_text(str(err))
+        raise SystemExit(2) from None
+
+
+def spawn_ranks(target: Callable[[J], None], jobs: Sequence[J], errors: Path) -> None:
+    """Run ``target(job)`` for every job in its own spawned process and wait for all.
+
+    ``errors``: a folder for the processes' one-line errors (``rank-K.error``). Raises the
+    first rank's UserError as it was; a process that died otherwise gives a UserError with
+    its exit code (``target`` must keep its output resumable)."""
+    errors.mkdir(parents=True, exist_ok=True)
+    context = torch.multiprocessing.get_context("spawn")
+    files = [errors / f"rank-{job.rank}.error" for job in jobs]
+    for f in files:
+        f.unlink(missing_ok=True)
+    procs = [
+        context.Process(target=_child, args=(target, job, str(f)))
+        for job, f in zip(jobs, files, strict=True)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    for job, p, f in zip(jobs, procs, files, strict=True):
+        if f.is_file():
+            message = f.read_text()
+            f.unlink()
+            raise UserError(message)
+        if p.exitcode != 0:
+            raise UserError(
+                f"prediction process {job.rank} ({job.device}) ended with exit code "
+                f"{p.exitcode}; rerun with --resume to continue what the processes wrote"
+            )
+
+
+class RankFailed(SystemExit):
+    """A rank other than 0 ends (exit 2) because a rank failed; rank 0 prints the reason."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place among the ranks a launcher started."""
+
+    launcher: str  # "torchrun" or "slurm"
+    rank: int
+    world: int
+    local_rank: int
+    local_world: int  # ranks on this node
+    address: str
+    port: int
+
+    @property
+    def zero(self) -> bool:
+        return self.rank == 0
+
+    def device(self, device: str) -> tuple[str, int]:
+        """This rank's device and torch threads for ``--device`` (``auto``/``cuda``: the GPU of
+        its local rank, or the one GPU a task sees, as with ``--gpus-per-task=1``; the CPU: the
+        node's cores divided among its ranks)."""
+        kind = device.split(":")[0]
+        if kind == "auto":
+            kind = "cuda" if torch.cuda.is_available() else "cpu"
+        cores = max(1, (os.cpu_count() or 1) // self.local_world)
+        if kind == "cpu":
+            return "cpu", cores
+        if kind != "cuda":
+            raise UserError(f"{self.launcher} ranks run on CUDA GPUs or the CPU, not on {device}")
+        have = torch.cuda.device_count()
+        if have == 1:
+            return "cuda:0", cores
+        if self.local_rank >= have:
+            raise UserError(
+                f"{self.launcher} started {self.local_world} ranks on this node, which has "
+                f"{have} visible GPU(s); start at most {have} per node, or pass --device cpu"
+            )
+        return f"cuda:{self.local_rank}", cores
+
+    def join(self) -> None:
+        """Meet the other ranks in a gloo process group (once per process)."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            return
+        if self.launcher == "torchrun":  # torchrun's agent holds the store (env://)
+            dist.init_process_group("gloo", timeout=dt.timedelta(seconds=COLLECTIVE_TIMEOUT_S))
+            return
+        wait = float(os.environ.get("CXRKIT_RENDEZVOUS_TIMEOUT", RENDEZVOUS_TIMEOUT_S))
+        try:
+            store = dist.TCPStore(
+                self.address,
+                self.port,
+                self.world,
+                is_master=self.zero,
+                timeout=dt.timedelta(seconds=wait),
+                wait_for_workers=True,
+            )
+        except (RuntimeError, dist.DistStoreError) as err:
+            raise UserError(
+                f"rank {self.rank} of {self.world} ({self.launcher}) could not meet the other "
+                f"ranks at {self.address}:{self.port} within {wait:.0f} s ({err}); start every "
+                "rank with srun, or unset SLURM_NTASKS to run one process"
+            ) from None
+        dist.init_process_group(
+            "gloo",
+            store=store,
+            rank=self.rank,
+            world_size=self.world,
+            timeout=dt.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+        )
+
+    def on_zero(self, fn: Callable[[], T]) -> T:
+        """``fn()`` on rank 0, its result on every rank; its UserError raised on rank 0 and a
+        quiet :class:`RankFailed` on the others."""
+        import torch.distributed as dist
+
+        box: list[Any] = [None]
+        if self.zero:
+            try:
+                box = [("ok", fn())]
+            except UserError as err:
+                box = [("error", str(err))]
+        dist.broadcast_object_list(box, src=0)
+        return self._unbox([box[0]])[0]
+
+    def everywhere(self, fn: Callable[[], T]) -> list[T]:
+        """``fn()`` on every rank; every rank's result, in rank order, on every rank. A
+        UserError on any rank is raised on rank 0 (the lowest failing rank's) and ends the
+        others quietly."""
+        import torch.distributed as dist
+
+        try:
+            mine: tuple[str, Any] = ("ok", fn())
+        except UserError as err:
+            mine = ("error", f"rank {self.rank}: {err}")
+        boxes: list[Any] = [None] * self.world
+        dist.all_gather_object(boxes, mine)
+        return self._unbox(boxes)
+
+    def _unbox(self, boxes: list[tuple[str, Any]]) -> list[Any]:
+        failed = [value for kind, value in boxes if kind == "error"]
+        if failed:
+            if self.zero:
+                raise UserError(failed[0])
+            raise RankFailed()
+        return [value for _, value in boxes]
+
+
+def _local_world(launcher: str, world: int) -> int:
+    if launcher == "torchrun":
+        return int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+    if per_node.isdigit():
+        return int(per_node)
+    nodes = int(os.environ.get("SLURM_NNODES", "1") or 1)
+    return max(1, world // max(1, nodes))
+
+
+def launched() -> Launch | None:
+    """The ranks a launcher started, this process among them (torchrun first, then SLURM's
+    srun, as Lightning detects them); None when there is one process."""
+    if not any(k in os.environ for k in ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS")):
+        return None  # no launcher: skip importing Lightning
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    for launcher, kind in (("torchrun", TorchElasticEnvironment), ("slurm", SLURMEnvironment)):
+        if not kind.detect():
+            continue
+        env = kind()
+        world = env.world_size()
+        if world < 2:
+            return None
+        return Launch(
+            launcher,
+            env.global_rank(),
+            world,
+            env.local_rank(),
+            _local_world(launcher, world),
+            env.main_address,
+            env.main_port,
+        )
+    return None
+
+
+def launch_for(devices: int, device: str) -> Launch | None:
+    """The torchrun / srun ranks this process is one of, joined, or None (then ``devices``
+    spawned processes on ``device`` must be possible: :func:`rank_devices`); ``--devices``
+    beside launched ranks is refused. Called before anything is written."""
+    launch = launched()
+    if launch is None:
+        if devices != 1:
+            rank_devices(device, devices)
+        return None
+    if devices != 1:
+        raise UserError(
+            f"--devices {devices} under {launch.launcher}, which started {launch.world} "
+            "ranks already: drop --devices (one rank per GPU or process) or run one process"
+        )
+    launch.join()
+    return launch
