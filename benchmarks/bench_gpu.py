@@ -132,7 +132,8 @@ def main() -> None:
             bench = bench_infer(folder, backbone=args.backbone, input_size=size,
                                 letterbox_size=max(256, size), batch_size=args.batch,
                                 workers=min(args.workers, 8), precision=args.precision,
-                                onnx=False, device=args.device)  # fmt: skip
+                                onnx=False, device=args.device,
+                                gpu_decode=ext == ".jpg")  # fmt: skip
             figures["infer"].append({"format": ext[1:], "input_size": size, "batch": args.batch,
                                      "model_only": bench.model, "end_to_end": bench.end_to_end,
                                      "gpu_peak_mib": _peak_mb(device)})  # fmt: skip

@@ -121,10 +121,13 @@ def _model_rate(predictor: Predictor, x: torch.Tensor, batches: int) -> float:
     return len(x) * batches / (time.perf_counter() - start)
 
 
-def _end_to_end_rate(predictor: Predictor, paths: Sequence[Path], workers: int) -> float:
-    """Images/s of one :func:`predict_paths` pass over ``paths``, start-up included."""
+def _end_to_end_rate(
+    predictor: Predictor, paths: Sequence[Path], workers: int, jpeg_batch: bool = False
+) -> float:
+    """Images/s of one :func:`predict_paths` pass over ``paths``, start-up included
+    (``jpeg_batch``: JPEGs decoded in batches on the device, ``infer --gpu-decode``)."""
     start = time.perf_counter()
-    for _ in predict_paths(predictor, paths, workers=workers):
+    for _ in predict_paths(predictor, paths, workers=workers, jpeg_batch=jpeg_batch):
         pass
     return len(paths) / (time.perf_counter() - start)
 
@@ -143,6 +146,7 @@ def bench_infer(
     backends: Sequence[str] = ("auto",),
     repeat: int = 3,
     device: str = "cpu",
+    gpu_decode: bool = False,
 ) -> InferBench:
     """Measure :class:`InferBench` on the images under ``images``, end to end with each of
     ``backends`` (names as ``infer --backend``) on ``device`` at ``precision`` (as ``infer
@@ -155,6 +159,7 @@ def bench_infer(
     paths = resolve_sources(images)
     runtime = resolve_runtime(device, precision)  # a bad --device fails before any work
     on_cpu = runtime.device.type == "cpu"
+    decodes = (False, True) if gpu_decode else (False,)
     with tempfile.TemporaryDirectory(prefix="cxrkit-bench-") as tmp:
         if checkpoint:
             loaded = Predictor.from_checkpoint(checkpoint).loaded
@@ -189,12 +194,15 @@ def bench_infer(
         for predictor in ends_by_key.values():  # warm-up: first-call allocations, file cache
             list(predict_paths(predictor, paths[: batch_size * 2], workers=workers))
         model_rates: dict[str, list[float]] = {key: [] for key in models}
-        end_rates: dict[str, list[float]] = {key: [] for key in ends_by_key}
+        suffix = {False: "", True: "+batched-jpeg"}
+        end_rates = {key + suffix[d]: [] for key in ends_by_key for d in decodes}
         for _ in range(repeat):
             for key, predictor in models.items():
                 model_rates[key].append(_model_rate(predictor, x, batches=4))
             for key, predictor in ends_by_key.items():
-                end_rates[key].append(_end_to_end_rate(predictor, paths, workers))
+                for d in decodes:
+                    rate = _end_to_end_rate(predictor, paths, workers, jpeg_batch=d)
+                    end_rates[key + suffix[d]].append(rate)
     return InferBench(
         {k: statistics.median(v) for k, v in model_rates.items()},
         {k: statistics.median(v) for k, v in end_rates.items()},
