@@ -275,3 +275,19 @@ def test_a_model_without_gate_still_predicts_and_says_so(
     assert main([*args, str(tmp_path / "refused.csv"), "--refuse-ood"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--refuse-ood needs an input gate" in err
+
+
+@pytest.mark.parametrize(
+    "cores,cpu,cuda", [(1, 0, 0), (2, 0, 1), (4, 2, 3), (16, 4, 15), (64, 4, 16)]
+)
+def test_default_decoding_workers_follow_the_device(
+    monkeypatch: pytest.MonkeyPatch, cores: int, cpu: int, cuda: int
+) -> None:
+    """The CPU keeps its cores for the model; a GPU gets every core but the main loop's."""
+    import torch
+
+    from cxrkit.deploy import backends
+
+    monkeypatch.setattr(backends, "usable_cores", lambda: cores)
+    assert backends.default_workers(torch.device("cpu")) == cpu
+    assert backends.default_workers(torch.device("cuda", 0)) == cuda

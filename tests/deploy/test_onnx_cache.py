@@ -66,7 +66,7 @@ def test_first_infer_exports_then_reuses_and_matches_torch(
     printed = capsys.readouterr().out.splitlines()
     assert f"{LINE}{copy}; reused next time" in printed
     assert sum(line.startswith("exporting") for line in printed) == 1
-    assert "5 file(s); backend onnx" in printed  # no "tip: cxrkit export" any more
+    assert "5 file(s); backend onnx; decoding in background threads" in printed  # no tip
     assert copy.is_file() and ckpt.parent / ".best.ckpt.onnx" == copy.parent
     assert len(copy.stem) == 16 and sorted(os.listdir(copy.parent)) == [copy.name]
     assert OnnxBackend(copy).has_features  # the input gate's second output is there

@@ -44,6 +44,7 @@ def infer_setup(a: argparse.Namespace) -> tuple[Predictor, list[Path], dict[str,
     """``infer``'s Predictor (printed), its sources and :func:`write_predictions` options;
     bad options fail before any output."""
     from cxrkit.cli.devices import GPU_DECODE, device_options, runtime_line
+    from cxrkit.deploy.backends import default_workers
     from cxrkit.deploy.batch import check_dicom_tags
     from cxrkit.deploy.jpeg_batch import use_gpu_decode
     from cxrkit.deploy.predictor import Predictor
@@ -62,14 +63,19 @@ def infer_setup(a: argparse.Namespace) -> tuple[Predictor, list[Path], dict[str,
     tags = tuple(t for t in a.dicom_tags.split(",") if t) if a.dicom_tags else ()
     check_dicom_tags(tags)  # bad options fail before any output or warning
     paths = resolve_sources(a.source)
+    workers = default_workers(predictor.device) if a.workers is None else a.workers
+    decoding = f"{workers} decoding process(es)" if workers else "decoding in background threads"
     print(runtime_line(predictor))
-    print(f"{len(paths)} file(s); backend {predictor.backend_name}" + _faster_hint(predictor))
+    print(
+        f"{len(paths)} file(s); backend {predictor.backend_name}; {decoding}"
+        + _faster_hint(predictor)
+    )
     if predictor.gate is None and not a.refuse_ood:
         from cxrkit.deploy.gate import NO_GATE_WARNING
 
         warnings.warn(NO_GATE_WARNING, UserWarning, stacklevel=1)
     options = {
-        "workers": a.workers,
+        "workers": workers,
         "resume": a.resume,
         "overwrite": a.overwrite,
         "dicom_tags": tags,

@@ -202,10 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--workers",
         type=int,
-        default=decode_workers,
-        help="decoding processes beside the model (default: cores - 2, at most 4; 0 = decode "
-        "in low-priority background threads, one per core up to 4, the faster choice on 2 "
-        f"cores; here {decode_workers})",
+        default=None,
+        help="decoding processes beside the model (default: on the CPU cores - 2, at most 4, "
+        f"here {decode_workers}; on a GPU cores - 1, at most 16; 0 = decode in low-priority "
+        "background threads, one per core up to 4, the faster choice on 2 cores)",
     )
     add_device_arguments(s, gpu_decode=True)
     s.add_argument("--devices", type=int, default=1, metavar="N", help="prediction processes: "

@@ -71,6 +71,20 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+#: decoding processes at most by default: on the CPU the model needs the cores; on a GPU the
+#: decoders are what keeps it fed, so they get every core but the main loop's, up to this many
+MAX_DEFAULT_WORKERS = {"cpu": 4, "cuda": 16}
+
+
+def default_workers(device: torch.device) -> int:
+    """``infer --workers``' default on ``device``: on the CPU cores - 2 (at most 4; none on 2
+    cores, where background threads decode faster); on CUDA cores - 1 (at most 16)."""
+    cores = usable_cores()
+    if device.type == "cuda":
+        return max(0, min(MAX_DEFAULT_WORKERS["cuda"], cores - 1))
+    return max(0, min(MAX_DEFAULT_WORKERS["cpu"], cores - 2))
+
+
 class TorchBackend:
     """A timm module: calling it gives logits; :meth:`with_features` logits and features from
     one pass (``forward_features``, then the head with and without ``pre_logits``)."""
