@@ -24,7 +24,7 @@ from cxrkit.deploy.backends import OnnxBackend
 from cxrkit.deploy.onnx_cache import copy_folder, copy_name
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.errors import UserError
-from cxrkit.models.checkpoint import update_card
+from cxrkit.models.checkpoint import file_sha256, update_card
 
 LINE = "exporting an ONNX copy of best.ckpt once for faster CPU inference: "
 
@@ -62,7 +62,7 @@ def test_first_infer_exports_then_reuses_and_matches_torch(
     ckpt: Path, source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     first = _infer(ckpt, source, tmp_path / "a.csv")
-    copy = copy_folder(ckpt) / copy_name(ckpt)
+    copy = copy_folder(ckpt) / copy_name(file_sha256(ckpt))
     printed = capsys.readouterr().out.splitlines()
     assert f"{LINE}{copy}; reused next time" in printed
     assert sum(line.startswith("exporting") for line in printed) == 1
@@ -90,11 +90,11 @@ def test_a_changed_checkpoint_gets_a_new_copy_and_the_stale_one_goes(
     ckpt: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     first = Predictor.from_checkpoint(ckpt, precision="fp32", onnx_copy=True)
-    old = copy_folder(ckpt) / copy_name(ckpt)
+    old = copy_folder(ckpt) / copy_name(file_sha256(ckpt))
     assert first.backend_name == "onnx" and old.is_file()
     update_card(ckpt, note="edited")  # same weights, other bytes: another sha256
     second = Predictor.from_checkpoint(ckpt, precision="fp32", onnx_copy=True)
-    new = copy_folder(ckpt) / copy_name(ckpt)
+    new = copy_folder(ckpt) / copy_name(file_sha256(ckpt))
     assert second.backend_name == "onnx" and new != old
     assert sorted(os.listdir(new.parent)) == [new.name]  # the stale copy was removed
     assert capsys.readouterr().out.count(LINE) == 2
@@ -113,7 +113,7 @@ def test_a_read_only_checkpoint_folder_uses_the_user_cache(
         again = Predictor.from_checkpoint(ckpt, precision="fp32", onnx_copy=True)
     finally:
         folder.chmod(stat.S_IRWXU)
-    copy = cache / "onnx" / copy_name(ckpt)
+    copy = cache / "onnx" / copy_name(file_sha256(ckpt))
     assert predictor.backend_name == again.backend_name == "onnx"
     assert isinstance(again.backend, OnnxBackend) and again.backend.path == copy
     assert sorted(p.name for p in folder.iterdir()) == [".best.ckpt.onnx", "best.ckpt"]

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from cxrkit.deploy.backends import OnnxBackend
 from cxrkit.files import atomic_write
-from cxrkit.models.checkpoint import LoadedModel, file_sha256
+from cxrkit.models.checkpoint import LoadedModel
 
 KEY_LENGTH = 16  #: hex digits of the checkpoint's sha256 in a copy's name
 COPY_NAME = re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}\.onnx")
@@ -50,9 +50,9 @@ def user_cache() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "cxrkit") / "onnx"
 
 
-def copy_name(checkpoint: Path) -> str:
-    """``<sha256[:16]>.onnx`` of the checkpoint file's content."""
-    return f"{file_sha256(checkpoint)[:KEY_LENGTH]}.onnx"
+def copy_name(sha256: str) -> str:
+    """``<sha256[:16]>.onnx``: the copy of the checkpoint file whose content has ``sha256``."""
+    return f"{sha256[:KEY_LENGTH]}.onnx"
 
 
 def remove_stale(folder: Path, keep: str) -> list[Path]:
@@ -72,7 +72,7 @@ def onnx_copy_backend(
     one warning naming why, when it cannot be exported or written: run PyTorch then."""
     checkpoint = loaded.source
     assert checkpoint is not None and checkpoint.is_file()
-    name = copy_name(checkpoint)
+    name = copy_name(str(loaded.source_sha256))
     beside = copy_folder(checkpoint)
     for folder in (beside, user_cache()):
         found = _open(folder / name)

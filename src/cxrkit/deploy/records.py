@@ -15,7 +15,6 @@ resume holds the latest run's device and decode.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Collection
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any
 from cxrkit.deploy.predictor import Predictor
 from cxrkit.errors import UserError
 from cxrkit.files import write_json
-from cxrkit.models.checkpoint import BUNDLE_CARD, file_sha256
 
 FORMAT = "cxrkit-infer-record/1"
 #: record entries that may differ between a run and its ``--resume``
@@ -38,12 +36,7 @@ def record_path(out_csv: Path) -> Path:
 
 def model_sha256(predictor: Predictor) -> str | None:
     """sha256 of the checkpoint file, or of a bundle's card; None for an in-memory model."""
-    source = predictor.loaded.source
-    if source is None:
-        return None
-    if source.is_dir():
-        return hashlib.sha256((source / BUNDLE_CARD).read_bytes()).hexdigest()
-    return file_sha256(source)
+    return predictor.loaded.source_sha256
 
 
 def infer_record(

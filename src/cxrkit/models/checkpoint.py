@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,16 @@ class LoadedModel:
     @property
     def findings(self) -> list[str]:
         return list(self.card["findings"])
+
+    @cached_property
+    def source_sha256(self) -> str | None:
+        """sha256 of the checkpoint file (read once, as loaded), or of a bundle's card; None
+        for a model built in memory."""
+        if self.source is None:
+            return None
+        if self.source.is_dir():
+            return hashlib.sha256((self.source / BUNDLE_CARD).read_bytes()).hexdigest()
+        return file_sha256(self.source)
 
     def thresholds(self) -> np.ndarray:
         """``(C,)`` per-finding thresholds from the card; 0.5 where none were tuned."""
