@@ -190,7 +190,16 @@ def test_launch_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert (launch.launcher, launch.rank, launch.world) == ("slurm", 5, 8)
     assert (launch.local_rank, launch.local_world, launch.address) == (1, 4, "gpu3")
     assert launch.port == 15000 + 3456  # Lightning's port from the job id
-    assert launch.device("cpu") == ("cpu", max(1, (os.cpu_count() or 1) // 4))
+    assert launch.device("cpu")[0] == "cpu" and launch.device("cpu")[1] >= 1
+    # srun -n 8 (no --ntasks-per-node), in a job named "interactive", step 2: still ranks
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE")
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")
+    monkeypatch.setenv("SLURM_STEP_ID", "2")
+    launch = launched()
+    assert launch is not None and (launch.rank, launch.world, launch.local_world) == (5, 8, 4)
+    assert launch.port == 15000 + 3456 + 2  # two steps of one job meet on two ports
+    monkeypatch.delenv("SLURM_PROCID")  # an salloc shell: the allocation, not a task
+    assert launched() is None
 
 
 @pytest.mark.parametrize("n,ranks", [(10, 3), (2, 4), (0, 2), (7, 1)])

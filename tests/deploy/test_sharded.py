@@ -55,7 +55,9 @@ def test_two_processes_write_the_single_process_csv(
     assert (tmp_path / "two.csv").read_bytes() == before
 
 
-def test_a_killed_run_resumes_from_its_parts(trained: Path, folder: Path, tmp_path: Path) -> None:
+def test_a_killed_run_resumes_from_its_parts(
+    trained: Path, folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = trained / "checkpoints" / "best.ckpt"
     out = tmp_path / "p.csv"
     assert _infer(ckpt, folder, out, "--devices", "2") == 3
@@ -67,6 +69,8 @@ def test_a_killed_run_resumes_from_its_parts(trained: Path, folder: Path, tmp_pa
     (parts / "part-0.csv").write_text("".join(rows[:3]) + rows[3][:10])
     shutil.copy(out.with_name(out.name + ".json"), parts / "part-0.csv.json")
     out.unlink()
+    assert _infer(ckpt, folder, out, "--devices", "2") == 2  # not continued unless asked
+    assert "parts of an unfinished run; pass --resume" in capsys.readouterr().err
     assert _infer(ckpt, folder, out, "--devices", "2", "--resume") == 3
     resumed, reference = pd.read_csv(out), pd.read_csv(io.StringIO(full))
     assert resumed["path"].tolist() == reference["path"].tolist()

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cxrkit.cli.devices import add_device_arguments, device_options
 from cxrkit.errors import UserError
+
+if TYPE_CHECKING:
+    from cxrkit.deploy.ranks import Launch
+    from cxrkit.evaluate.runs import EvalResult
 
 AddParser = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
@@ -176,18 +181,27 @@ def cmd_eval(a: argparse.Namespace) -> int:
         launch = launch_for(a.devices, device_options(a)["device"])
         if launch is None or launch.zero:
             print(resolve_runtime(**device_options(a)).line())
-        r = evaluate_checkpoint(
-            a.checkpoint,
-            a.data,
-            a.out,
-            options=options,
-            write_card=True if a.write_card else False if a.no_write_card else None,
-            devices=a.devices,
-            launch=launch,
-            **device_options(a),
-        )
-        if r is None:
-            return 0  # a rank other than 0 of a launch: rank 0 evaluates and prints
+
+        def run() -> EvalResult | None:
+            return evaluate_checkpoint(
+                a.checkpoint,
+                a.data,
+                a.out,
+                options=options,
+                write_card=True if a.write_card else False if a.no_write_card else None,
+                devices=a.devices,
+                launch=launch,
+                **device_options(a),
+            )
+
+        if launch is None:
+            r = run()
+        elif not launch.zero:
+            return _other_rank(launch, run)
+        else:  # rank 0 evaluates, then tells every rank how it ended (the same exit code)
+            done: list[EvalResult] = []
+            launch.on_zero(lambda: done.append(run()))
+            r = done[0]
         card = r.metrics["card"]
         print(f"model card {'updated' if card['written'] else 'kept'}: {card['reason']}")
     else:
@@ -232,6 +246,20 @@ def cmd_eval(a: argparse.Namespace) -> int:
         + (f", {r.out / 'audit.csv'}" if m.get("audit") else "")
         + (f", {r.out / 'report.html'}" if options.report else "")
     )
+    return 0
+
+
+def _other_rank(launch: Launch, run: Callable[[], EvalResult | None]) -> int:
+    """A rank other than 0: predict its shard (inside ``run``), then wait for rank 0's outcome.
+    A UserError here is rank 0's too (the same checks on the same files): rank 0 prints it."""
+    from cxrkit.deploy.ranks import RankFailed
+
+    try:
+        run()
+    except (UserError, RankFailed):  # a check every rank failed, or a collective's failure
+        launch.on_zero(lambda: None)
+        raise RankFailed() from None
+    launch.on_zero(lambda: None)  # RankFailed when rank 0 failed
     return 0
 
 

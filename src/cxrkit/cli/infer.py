@@ -33,11 +33,14 @@ def cmd_infer(a: argparse.Namespace) -> int:
     if launch is not None:  # torchrun / srun started this process as one of several ranks
         return infer_launched(a, launch)
     predictor, paths, options = infer_setup(a)
+    gated = predictor.gate is not None
     if a.devices != 1:
-        s = infer_sharded(a, predictor, paths, options)
+        record, plan, writer = _record_and_plan(a, predictor, paths, options, a.devices)
+        del predictor  # each process loads its own: free this one's memory (and GPU) first
+        s = infer_sharded(a, record, plan, writer)
     else:
         s = write_predictions(predictor, paths, a.out, **options)
-    return infer_summary(a, s, gated=predictor.gate is not None)
+    return infer_summary(a, s, gated=gated)
 
 
 def infer_setup(a: argparse.Namespace) -> tuple[Predictor, list[Path], dict[str, Any]]:
@@ -153,23 +156,19 @@ def _record_and_plan(
 
 
 def infer_sharded(
-    a: argparse.Namespace, predictor: Predictor, paths: list[Path], options: dict
+    a: argparse.Namespace, record: dict[str, Any], plan: Plan, writer: dict[str, Any]
 ) -> InferSummary:
-    """``infer --devices N``: N spawned processes, one per GPU or sharing the CPU."""
+    """``infer --devices N``: N spawned processes, one per GPU or sharing the CPU (the count
+    was checked by :func:`~cxrkit.deploy.ranks.launch_for` before anything was written)."""
     from cxrkit.cli.devices import device_options
-    from cxrkit.deploy.ranks import rank_devices
     from cxrkit.deploy.sharded import write_predictions_sharded
 
-    device = device_options(a)["device"]
-    rank_devices(device, a.devices)  # refuse before anything is written
-    record, plan, writer = _record_and_plan(a, predictor, paths, options, a.devices)
-    del predictor  # each process loads its own
     print(f"{a.devices} prediction processes")
     return write_predictions_sharded(
         a.checkpoint,
         plan,
         devices=a.devices,
-        device=device,
+        device=device_options(a)["device"],
         predictor=_predictor_options(a),
         writer=writer,
         record=record,

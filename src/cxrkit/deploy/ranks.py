@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
+from cxrkit.deploy.backends import usable_cores
 from cxrkit.errors import UserError
 
 T = TypeVar("T")
@@ -155,11 +156,12 @@ class Launch:
     def device(self, device: str) -> tuple[str, int]:
         """This rank's device and torch threads for ``--device`` (``auto``/``cuda``: the GPU of
         its local rank, or the one GPU a task sees, as with ``--gpus-per-task=1``; the CPU: the
-        node's cores divided among its ranks)."""
+        node's cores divided among its ranks, or the cores the task is bound to)."""
         kind = device.split(":")[0]
         if kind == "auto":
             kind = "cuda" if torch.cuda.is_available() else "cpu"
-        cores = max(1, (os.cpu_count() or 1) // self.local_world)
+        bound = usable_cores()  # a task bound to its own cores (srun --cpus-per-task) keeps them
+        cores = bound if bound < (os.cpu_count() or bound) else max(1, bound // self.local_world)
         if kind == "cpu":
             return "cpu", cores
         if kind != "cuda":
@@ -173,6 +175,13 @@ class Launch:
                 f"{have} visible GPU(s); start at most {have} per node, or pass --device cpu"
             )
         return f"cuda:{self.local_rank}", cores
+
+    def place(self, device: str) -> str:
+        """This rank's device for ``--device`` (:meth:`device`), checked on every rank at once
+        (a rank without a GPU ends them all with one line); its torch threads set."""
+        here, threads = self.everywhere(lambda: self.device(device))[self.rank]
+        torch.set_num_threads(threads)
+        return here
 
     def join(self) -> None:
         """Meet the other ranks in a gloo process group (once per process)."""
@@ -244,40 +253,51 @@ class Launch:
         return [value for _, value in boxes]
 
 
-def _local_world(launcher: str, world: int) -> int:
-    if launcher == "torchrun":
-        return int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
-    if per_node.isdigit():
-        return int(per_node)
-    nodes = int(os.environ.get("SLURM_NNODES", "1") or 1)
-    return max(1, world // max(1, nodes))
+def _slurm() -> Launch | None:
+    """srun's tasks, read from the task's own variables (``SLURM_PROCID``, the step's task
+    count, ``SLURM_LOCALID``, tasks per node), whatever the job's name or its ``--ntasks``
+    style; the first host of ``SLURM_NODELIST`` as the meeting point (Lightning's resolver),
+    the port from ``MASTER_PORT`` or the job and step ids. None outside a task of a step of
+    several (an ``salloc`` shell has no ``SLURM_PROCID``)."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    env = os.environ
+    tasks = env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or "1"
+    if "SLURM_PROCID" not in env or not tasks.isdigit() or int(tasks) < 2:
+        return None
+    world = int(tasks)
+    per_node = env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_NTASKS_PER_NODE") or ""
+    per_node = per_node.split("(")[0].split(",")[0]
+    nodes = int(env.get("SLURM_STEP_NUM_NODES") or env.get("SLURM_NNODES") or 1)
+    local_world = int(per_node) if per_node.isdigit() else max(1, world // max(1, nodes))
+    address = env.get("MASTER_ADDR") or SLURMEnvironment.resolve_root_node_address(
+        env.get("SLURM_NODELIST", "127.0.0.1")
+    )
+    job, step = env.get("SLURM_JOB_ID", ""), env.get("SLURM_STEP_ID", "0")
+    port = 15000 + (int(job[-4:]) if job[-4:].isdigit() else 0)
+    port += int(step) % 1000 if step.isdigit() else 0  # two steps of one job: two ports
+    port = int(env.get("MASTER_PORT") or port)
+    rank, local = int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0))
+    return Launch("slurm", rank, world, local, local_world, address, port)
 
 
 def launched() -> Launch | None:
-    """The ranks a launcher started, this process among them (torchrun first, then SLURM's
-    srun, as Lightning detects them); None when there is one process."""
-    if not any(k in os.environ for k in ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS")):
-        return None  # no launcher: skip importing Lightning
-    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+    """The ranks a launcher started, this process among them: torchrun's (Lightning's
+    ``TorchElasticEnvironment``), then srun's (:func:`_slurm`); None when there is one
+    process."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        from lightning.fabric.plugins.environments import TorchElasticEnvironment
 
-    for launcher, kind in (("torchrun", TorchElasticEnvironment), ("slurm", SLURMEnvironment)):
-        if not kind.detect():
-            continue
-        env = kind()
-        world = env.world_size()
-        if world < 2:
-            return None
-        return Launch(
-            launcher,
-            env.global_rank(),
-            world,
-            env.local_rank(),
-            _local_world(launcher, world),
-            env.main_address,
-            env.main_port,
-        )
-    return None
+        if TorchElasticEnvironment.detect():
+            env = TorchElasticEnvironment()
+            world = env.world_size()
+            if world < 2:
+                return None
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+            rank, local = env.global_rank(), env.local_rank()
+            address, port = env.main_address, env.main_port
+            return Launch("torchrun", rank, world, local, local_world, address, port)
+    return _slurm() if "SLURM_PROCID" in os.environ else None
 
 
 def launch_for(devices: int, device: str) -> Launch | None:

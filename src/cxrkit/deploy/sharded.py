@@ -111,15 +111,20 @@ def plan_parts(
     resume: bool = False,
     overwrite: bool = False,
 ) -> Plan:
-    """Check ``out_csv`` and lay out ``ranks`` parts for ``paths`` (contiguous shards): a
-    fresh run clears old parts with ``overwrite``; ``resume`` keeps them, and splits a
-    finished ``out_csv`` back into parts first, so nothing is predicted twice."""
+    """Check ``out_csv`` and lay out ``ranks`` parts for ``paths`` (contiguous shards): old
+    parts are refused without a flag, cleared with ``overwrite``; ``resume`` keeps them, and
+    splits a finished ``out_csv`` back into parts first, so nothing is predicted twice."""
     out_csv = Path(out_csv)
     names = [str(p) for p in paths]
     check_output(out_csv, paths)
     if out_csv.exists() and not (resume or overwrite):
         raise UserError(f"{out_csv} exists; pass --resume to continue it or --overwrite")
     parts = parts_folder(out_csv)
+    if parts.is_dir() and not (resume or overwrite):
+        raise UserError(
+            f"{parts} holds the parts of an unfinished run; pass --resume to continue it "
+            "(under torchrun --max-restarts, give --resume from the start) or --overwrite"
+        )
     if overwrite and not resume:
         shutil.rmtree(parts, ignore_errors=True)
     shards = [names[start:stop] for start, stop in shard_bounds(len(names), ranks)]

@@ -179,7 +179,7 @@ def evaluate_checkpoint(
     from cxrkit.deploy.sharded_rows import predict_rows
     from cxrkit.models.checkpoint import update_card
 
-    here = launch.device(device)[0] if launch is not None else device
+    here = launch.place(device) if launch is not None else device  # checked on every rank
     predictor = Predictor.from_checkpoint(checkpoint, device=here, precision=precision)
     manifest = load_manifest(data)
     classes = predictor.findings

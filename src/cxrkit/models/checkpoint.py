@@ -86,8 +86,8 @@ class LoadedModel:
 
     @cached_property
     def source_sha256(self) -> str | None:
-        """sha256 of the checkpoint file (read once, as loaded), or of a bundle's card; None
-        for a model built in memory."""
+        """sha256 of the checkpoint file (read on first use, then kept), or of a bundle's card;
+        None for a model built in memory."""
         if self.source is None:
             return None
         if self.source.is_dir():
