@@ -244,6 +244,20 @@ class Launch:
         dist.all_gather_object(boxes, mine)
         return self._unbox(boxes)
 
+    def to_zero(self, fn: Callable[[], T]) -> list[T] | None:
+        """``fn()`` on every rank; every rank's result, in rank order, on rank 0 only (None on
+        the others: large results travel once). A UserError on any rank is raised on rank 0;
+        the others learn of it from rank 0's next :meth:`on_zero`."""
+        import torch.distributed as dist
+
+        try:
+            mine: tuple[str, Any] = ("ok", fn())
+        except UserError as err:
+            mine = ("error", f"rank {self.rank}: {err}")
+        boxes: list[Any] | None = [None] * self.world if self.zero else None
+        dist.gather_object(mine, boxes, dst=0)
+        return self._unbox(boxes) if boxes is not None else None
+
     def _unbox(self, boxes: list[tuple[str, Any]]) -> list[Any]:
         failed = [value for kind, value in boxes if kind == "error"]
         if failed:

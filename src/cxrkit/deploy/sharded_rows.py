@@ -4,7 +4,7 @@ probabilities (and, for the audit, the penultimate features) gathered in the row
 the metrics are computed once over the whole set, as by one process.
 
 Spawned processes write their shard to ``scratch/rank-K.npz`` (removed once read); launched
-ranks exchange theirs through the process group (:meth:`cxrkit.deploy.ranks.Launch.everywhere`).
+ranks send theirs to rank 0 through the process group (:meth:`cxrkit.deploy.ranks.Launch.to_zero`).
 """
 
 from __future__ import annotations
@@ -91,10 +91,10 @@ def predict_rows(
     positions = manifest.table.index.get_indexer(rows.index)
     if launch is not None:
         start, stop = shard_bounds(len(rows), launch.world)[launch.rank]
-        shards = launch.everywhere(
+        shards = launch.to_zero(
             lambda: _predict(predictor, manifest, rows.iloc[start:stop], features, launch.zero)
         )
-        return _concatenate(shards) if launch.zero else None
+        return _concatenate(shards) if shards is not None else None
     if checkpoint is None or data is None:
         raise ValueError("devices > 1 needs the checkpoint and data each process loads")
     targets = rank_devices(device, devices)
