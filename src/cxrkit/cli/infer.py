@@ -179,6 +179,8 @@ def infer_launched(a: argparse.Namespace, launch: Launch) -> int:
     """One rank of a torchrun / srun launch: rank 0 builds the Predictor, prints and plans;
     every rank predicts its shard on its device; rank 0 merges. Every rank returns the same
     exit code; only rank 0 prints."""
+    import torch
+
     from cxrkit.cli.devices import device_options
     from cxrkit.deploy.sharded import merge_parts, predict_part
 
@@ -188,15 +190,11 @@ def infer_launched(a: argparse.Namespace, launch: Launch) -> int:
         return (*_record_and_plan(a, predictor, paths, options, launch.world), bool(predictor.gate))
 
     record, plan, writer, gated = launch.on_zero(prepare)
-    device = device_options(a)["device"]
-
-    def predict() -> None:
-        target, threads = launch.device(device)
-        share = {**writer, "workers": int(writer.get("workers", 0)) // launch.local_world}
-        job = plan.job(launch.rank, target, threads, a.checkpoint, _predictor_options(a), share)
-        predict_part(job)
-
-    launch.everywhere(predict)
+    target = launch.place(device_options(a)["device"])  # checked on every rank; threads set
+    share = {**writer, "workers": int(writer.get("workers", 0)) // launch.local_world}
+    threads = torch.get_num_threads()
+    job = plan.job(launch.rank, target, threads, a.checkpoint, _predictor_options(a), share)
+    launch.everywhere(lambda: predict_part(job))
     summary = launch.on_zero(lambda: merge_parts(plan, record))
     if launch.zero:
         return infer_summary(a, summary, gated=gated)

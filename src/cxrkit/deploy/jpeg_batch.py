@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from cxrkit.data.preprocess import Clahe, prepare_image
 from cxrkit.deploy.gate import structural_reasons
 from cxrkit.errors import UserError
-from cxrkit.io.geometry import letterbox_geometry
+from cxrkit.io.geometry import letterbox_layout
 from cxrkit.io.images import check_jpeg, chroma, read_file, read_xray_bytes, sniff_format
 from cxrkit.io.xray import DEFAULT_MAX_PIXELS, MIN_SIDE, ImageReadError, XRay
 
@@ -159,19 +159,18 @@ def letterbox_on(gray: torch.Tensor, size: int) -> torch.Tensor:
     """``(H, W)`` uint8 on any device -> ``(size, size)`` uint8 there, placed as
     :func:`cxrkit.io.geometry.letterbox` places it (its geometry, zero padding)."""
     height, width = gray.shape
-    geo = letterbox_geometry(height, width, size)
-    new_h, new_w = max(1, round(height * geo.scale)), max(1, round(width * geo.scale))
+    scale, new_h, new_w, pad_y, pad_x = letterbox_layout(height, width, size)
     if (new_h, new_w) == (height, width):
         resized = gray
     else:
         x = gray.float()
-        if geo.scale < 1:
+        if scale < 1:
             x = _area(x, new_h, new_w)
         else:
             x = F.interpolate(x[None, None], (new_h, new_w), mode="bilinear")[0, 0]
         resized = (x + 0.5).floor_().clamp_(0, 255).to(torch.uint8)
     out = torch.zeros((size, size), dtype=torch.uint8, device=gray.device)
-    out[geo.pad_y : geo.pad_y + new_h, geo.pad_x : geo.pad_x + new_w] = resized
+    out[pad_y : pad_y + new_h, pad_x : pad_x + new_w] = resized
     return out
 
 

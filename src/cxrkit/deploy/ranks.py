@@ -79,6 +79,11 @@ def rank_devices(device: str, n: int) -> list[str]:
     raise UserError(f"--devices {n} runs on CUDA GPUs or the CPU, not on {device}; use --devices 1")
 
 
+def threads_each(processes: int) -> int:
+    """Torch threads for each of ``processes`` spawned processes sharing this machine."""
+    return max(1, (os.cpu_count() or 1) // processes)
+
+
 class RankJob(Protocol):
     """What :func:`spawn_ranks` needs of a job (plain data: it crosses a ``spawn``)."""
 
@@ -99,12 +104,14 @@ def _child(target: Callable[[Any], None], job: RankJob, error: str) -> None:
         raise SystemExit(2) from None
 
 
-def spawn_ranks(target: Callable[[J], None], jobs: Sequence[J], errors: Path) -> None:
+def spawn_ranks(
+    target: Callable[[J], None], jobs: Sequence[J], errors: Path, *, remedy: str
+) -> None:
     """Run ``target(job)`` for every job in its own spawned process and wait for all.
 
     ``errors``: a folder for the processes' one-line errors (``rank-K.error``). Raises the
     first rank's UserError as it was; a process that died otherwise gives a UserError with
-    its exit code (``target`` must keep its output resumable)."""
+    its exit code and ``remedy`` (what to do next, e.g. rerun with --resume)."""
     errors.mkdir(parents=True, exist_ok=True)
     context = torch.multiprocessing.get_context("spawn")
     files = [errors / f"rank-{job.rank}.error" for job in jobs]
@@ -126,7 +133,7 @@ def spawn_ranks(target: Callable[[J], None], jobs: Sequence[J], errors: Path) ->
         if p.exitcode != 0:
             raise UserError(
                 f"prediction process {job.rank} ({job.device}) ended with exit code "
-                f"{p.exitcode}; rerun with --resume to continue what the processes wrote"
+                f"{p.exitcode}; {remedy}"
             )
 
 

@@ -17,14 +17,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from cxrkit.deploy.batch import (
     InferSummary,
@@ -33,7 +30,7 @@ from cxrkit.deploy.batch import (
     read_rows,
     write_predictions,
 )
-from cxrkit.deploy.ranks import rank_devices, shard_bounds, spawn_ranks
+from cxrkit.deploy.ranks import rank_devices, shard_bounds, spawn_ranks, threads_each
 from cxrkit.deploy.records import record_path, save_record
 from cxrkit.errors import UserError
 from cxrkit.files import atomic_write_text
@@ -154,10 +151,11 @@ def _split_back(out_csv: Path, parts: Path, shards: Sequence[Sequence[str]]) -> 
 
 
 def predict_part(job: PartJob) -> None:
-    """One rank: its Predictor on its device, its shard streamed into its part CSV."""
+    """One rank: its Predictor on its device, its shard streamed into its part CSV (its
+    torch threads already set: by :func:`~cxrkit.deploy.ranks.spawn_ranks` or
+    :meth:`~cxrkit.deploy.ranks.Launch.place`)."""
     from cxrkit.deploy.predictor import Predictor
 
-    torch.set_num_threads(job.threads)
     predictor = Predictor.from_checkpoint(job.checkpoint, device=job.device, **job.predictor)
     write_predictions(
         predictor, [Path(p) for p in job.paths], job.part, root=job.root, **job.writer
@@ -182,12 +180,13 @@ def write_predictions_sharded(
     targets = rank_devices(device, devices)
     writer = dict(writer or {})
     writer["workers"] = int(writer.get("workers", 0)) // devices
-    threads = max(1, (os.cpu_count() or 1) // devices)
+    threads = threads_each(devices)
     jobs = [
         plan.job(k, targets[k], threads, checkpoint, predictor or {}, writer)
         for k in range(devices)
     ]
-    spawn_ranks(predict_part, jobs, plan.parts)
+    remedy = "rerun with --resume to continue what the processes wrote"
+    spawn_ranks(predict_part, jobs, plan.parts, remedy=remedy)
     return merge_parts(plan, record)
 
 

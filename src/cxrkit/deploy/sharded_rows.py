@@ -9,7 +9,6 @@ ranks send theirs to rank 0 through the process group (:meth:`cxrkit.deploy.rank
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from cxrkit.data.manifest import Manifest, load_manifest
-from cxrkit.deploy.ranks import Launch, rank_devices, shard_bounds, spawn_ranks
+from cxrkit.deploy.ranks import Launch, rank_devices, shard_bounds, spawn_ranks, threads_each
 
 if TYPE_CHECKING:
     from cxrkit.deploy.predictor import Predictor
@@ -98,7 +97,7 @@ def predict_rows(
     if checkpoint is None or data is None:
         raise ValueError("devices > 1 needs the checkpoint and data each process loads")
     targets = rank_devices(device, devices)
-    threads = max(1, (os.cpu_count() or 1) // devices)
+    threads = threads_each(devices)
     with tempfile.TemporaryDirectory(prefix="cxrkit-eval-") as folder:
         scratch = Path(folder)
         options = predictor_options or {}
@@ -133,7 +132,7 @@ def _spawned(
         )
         for k, (start, stop) in enumerate(shard_bounds(len(positions), len(targets)))
     ]
-    spawn_ranks(predict_rows_job, jobs, scratch)
+    spawn_ranks(predict_rows_job, jobs, scratch, remedy="run the eval again")
     shards = []
     for job in jobs:
         with np.load(job.out) as z:

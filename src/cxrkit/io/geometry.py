@@ -40,7 +40,7 @@ class LetterboxGeometry(NamedTuple):
         )
 
 
-def _layout(height: int, width: int, size: int) -> tuple[float, int, int, int, int]:
+def letterbox_layout(height: int, width: int, size: int) -> tuple[float, int, int, int, int]:
     """(scale, content height, content width, pad_y, pad_x) of a letterbox into size x size."""
     if height < 1 or width < 1 or size < 1:
         raise ValueError(f"letterbox needs positive sizes, got {height}x{width} -> {size}")
@@ -53,7 +53,7 @@ def _layout(height: int, width: int, size: int) -> tuple[float, int, int, int, i
 def letterbox_geometry(height: int, width: int, size: int) -> LetterboxGeometry:
     """The :class:`LetterboxGeometry` ``(scale, pad_y, pad_x)`` of :func:`letterbox` for an
     ``(height, width)`` image into ``(size, size)``."""
-    scale, _, _, pad_y, pad_x = _layout(height, width, size)
+    scale, _, _, pad_y, pad_x = letterbox_layout(height, width, size)
     return LetterboxGeometry(scale, pad_y, pad_x)
 
 
@@ -67,7 +67,7 @@ def letterbox(pixels: np.ndarray, size: int) -> np.ndarray:
     if pixels.ndim != 2:
         raise ValueError(f"letterbox expects an (H, W) array, got shape {pixels.shape}")
     height, width = pixels.shape
-    scale, new_h, new_w, pad_y, pad_x = _layout(height, width, size)
+    scale, new_h, new_w, pad_y, pad_x = letterbox_layout(height, width, size)
     if (new_h, new_w) == (height, width):
         resized = pixels
     else:
