@@ -10,6 +10,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +19,10 @@ import pandas as pd
 import pytest
 
 from cxrkit.data.manifest import load_manifest
-from cxrkit.deploy.ranks import launched, shard_bounds
+from cxrkit.deploy.ranks import launched, shard_bounds, spawn_ranks
 from cxrkit.deploy.records import record_path
 from cxrkit.deploy.sharded import parts_folder
+from cxrkit.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +213,42 @@ def test_shards_are_contiguous_and_cover_every_item(n: int, ranks: int) -> None:
     sizes = [stop - start for start, stop in bounds]
     assert max(sizes) - min(sizes) <= 1
     assert sizes == [len(s) for s in np.array_split(np.arange(n), ranks)]
+
+
+@dataclass(frozen=True)
+class _Job:
+    rank: int
+    device: str = "cpu"
+    threads: int = 1
+    marker: str = ""
+
+
+def _fail_one_sleep_the_rest(job: _Job) -> None:
+    """Rank 1 fails at once (a UserError, or a plain crash); the others work for a minute."""
+    if job.rank == 1:
+        if job.marker == "user":
+            raise UserError("rank 1 found a bad file")
+        os._exit(3)
+    Path(job.marker).touch()
+    time.sleep(60)
+
+
+@pytest.mark.parametrize("how", ["user", "crash"])
+def test_a_failing_process_stops_the_others_at_once(tmp_path: Path, how: str) -> None:
+    started = time.monotonic()
+    marker = str(tmp_path / "working") if how == "crash" else "user"
+    jobs = [_Job(rank=k, marker=marker) for k in range(2)]
+    with pytest.raises(UserError) as err:
+        spawn_ranks(_fail_one_sleep_the_rest, jobs, tmp_path / "errors", remedy="rerun it")
+    assert time.monotonic() - started < 45  # not the sleeping ranks' minute
+    if how == "user":
+        assert str(err.value) == "rank 1 found a bad file (1 other process(es) stopped)"
+    else:
+        assert str(err.value) == (
+            "prediction process 1 (cpu) ended with exit code 3 (1 other process(es) "
+            "stopped); rerun it"
+        )
+    assert not list((tmp_path / "errors").glob("*.error"))
 
 
 def _eval(trained: Path, prepared: Path, out: Path, *extra: str) -> list[str]:

@@ -3,8 +3,9 @@
 Two ways to have ranks:
 
 - **spawned** (:func:`spawn_ranks`): ``infer/eval --devices N`` starts ``N`` processes with
-  ``spawn`` and waits for them; a :class:`~cxrkit.errors.UserError` in one comes back as the
-  same one-line error, any other death as its exit code.
+  ``spawn`` and waits for them; the first to fail stops the others, and its
+  :class:`~cxrkit.errors.UserError` comes back as the same one-line error, any other death as
+  its exit code.
 - **launched** (:func:`launched`): ``torchrun --nproc-per-node N --no-python cxrkit …`` or
   SLURM's ``srun cxrkit …`` started every rank, found through Lightning's cluster environments
   (``TorchElasticEnvironment``, ``SLURMEnvironment``). The ranks meet in a gloo process group
@@ -19,6 +20,7 @@ rank ``k`` of a launched run and process ``k`` of a spawned one write the same p
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing.connection
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -109,9 +111,10 @@ def spawn_ranks(
 ) -> None:
     """Run ``target(job)`` for every job in its own spawned process and wait for all.
 
-    ``errors``: a folder for the processes' one-line errors (``rank-K.error``). Raises the
-    first rank's UserError as it was; a process that died otherwise gives a UserError with
-    its exit code and ``remedy`` (what to do next, e.g. rerun with --resume)."""
+    ``errors``: a folder for the processes' one-line errors (``rank-K.error``). The first
+    process to fail stops the others at once (what they wrote stays, for ``--resume``), and its
+    UserError is raised as it was; a process that died otherwise gives a UserError with its
+    exit code and ``remedy`` (what to do next, e.g. rerun with --resume)."""
     errors.mkdir(parents=True, exist_ok=True)
     context = torch.multiprocessing.get_context("spawn")
     files = [errors / f"rank-{job.rank}.error" for job in jobs]
@@ -123,18 +126,40 @@ def spawn_ranks(
     ]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join()
-    for job, p, f in zip(jobs, procs, files, strict=True):
-        if f.is_file():
-            message = f.read_text()
-            f.unlink()
-            raise UserError(message)
-        if p.exitcode != 0:
-            raise UserError(
-                f"prediction process {job.rank} ({job.device}) ended with exit code "
-                f"{p.exitcode}; {remedy}"
-            )
+    try:
+        failed = _first_failure(procs)
+    finally:  # a failure, or an interrupt of this process: no process is left running
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join()
+    if failed is None:
+        return
+    job, f, code = jobs[failed], files[failed], procs[failed].exitcode
+    stopped = sum(p is not procs[failed] and p.exitcode != 0 for p in procs)
+    others = f" ({stopped} other process(es) stopped)" if stopped else ""
+    if f.is_file():
+        message = f.read_text()
+        f.unlink()
+        raise UserError(message + others)
+    raise UserError(
+        f"prediction process {job.rank} ({job.device}) ended with exit code {code}{others}; "
+        f"{remedy}"
+    )
+
+
+def _first_failure(procs: Sequence[Any]) -> int | None:
+    """Wait until every process has ended, or one has ended with a non-zero exit code: its
+    index then, else None."""
+    running = dict(enumerate(procs))
+    while running:
+        for ready in multiprocessing.connection.wait([p.sentinel for p in running.values()]):
+            k = next(k for k, p in running.items() if p.sentinel == ready)
+            running.pop(k).join()
+            if procs[k].exitcode != 0:
+                return k
+    return None
 
 
 class RankFailed(SystemExit):
