@@ -109,6 +109,8 @@ def test_fit_gate_writes_gate_and_reference(gated: Path, prepared: Path) -> None
     assert gate["n_val"] == len(manifest.rows("val"))
     assert gate["false_alarm_rate"] == 0.1 and gate["threshold"] > 0  # conftest's GATED_RATE
     assert 0.0 <= gate["val_false_alarm_rate"] <= 0.1
+    assert gate["threshold_rule"].startswith("pac") and gate["confidence"] == 0.9
+    assert gate["n_held_out"] == gate["n_train"] and gate["held_out_false_alarm_rate"] <= 0.1
     assert gate["dim"] == predictor.feature_dim
     assert set(ref) == {"split", "n_images", "bin_edges", "fractions"}
     assert ref["n_images"] == len(manifest.rows("val"))
@@ -147,7 +149,8 @@ def test_flag_rates_on_unseen_phantoms_and_non_chest_images(trained: Path, tmp_p
         return float(np.mean([not p.gate.in_distribution for p in preds if p.gate]))
 
     assert len(test) >= 60 and len(ood) >= 50
-    assert flagged(test) <= 0.12  # asked 5%: the threshold is a 1-in-20 tail of ~50 val images
+    # asked at most 5%: 4 of these 68 films measured; 8 (12%) allows for 68 films' chance
+    assert flagged(test) <= 0.12
     assert flagged(ood) >= 0.95
     # The tiny 64 px model flags 96 of 100 lateral films, its closest within 1% of the
     # threshold: 90% here; the demo model's >= 95% is test_demo_model_flag_rates' (slow).
@@ -232,7 +235,7 @@ def test_cli_gate_and_its_bad_input(
     bad = ["gate", "--checkpoint", str(ckpt), "--data", str(prepared), "--false-alarm-rate"]
     assert main([*bad, "0.1"]) == 0
     out = capsys.readouterr().out
-    assert "input gate: threshold" in out and "validation images (asked 10.0%)" in out
+    assert "input gate: threshold" in out and "held-out training images (asked at most 10.0%" in out
     assert main([*bad, "1.5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--false-alarm-rate must be in (0, 0.5]" in err
@@ -245,9 +248,8 @@ def test_cli_gate_and_its_bad_input(
 @pytest.mark.slow
 def test_demo_model_flag_rates(tmp_path: Path) -> None:
     """benchmarks/bench_gate.py's groups on a fresh `cxrkit demo` model (5-10 minutes on
-    2 cores). At least 95% of every non-chest group is flagged. The demo's own test films are
-    flagged more often than the 5% asked for: 9.5% measured against 3.9% on its 127
-    validation films, mostly films with several findings (see the gate's docs)."""
+    2 cores): the issue's targets. At most 5% of the demo's own test films are flagged (14 of
+    294 measured, 4.8%) and at least 95% of every non-chest group (all measured)."""
     pytest.importorskip("skimage")
     from cxrkit.cli.demo import run_demo
 
@@ -257,10 +259,11 @@ def test_demo_model_flag_rates(tmp_path: Path) -> None:
     bench = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(bench)  # type: ignore[union-attr]
     predictor = Predictor.from_checkpoint(tmp_path / "demo" / "run" / "checkpoints" / "best.ckpt")
-    assert predictor.card["gate"]["val_false_alarm_rate"] <= 0.05
+    gate = predictor.card["gate"]
+    assert gate["threshold_rule"].startswith("pac") and gate["held_out_false_alarm_rate"] <= 0.05
     rates = bench.flag_rates(predictor, bench.groups(tmp_path / "demo" / "prepared", tmp_path))
     for name, r in rates.items():
         if name == bench.IN_DISTRIBUTION:
-            assert r["rate"] <= 0.12, r
+            assert r["rate"] <= 0.05, r
         else:
             assert r["rate"] >= 0.95, (name, r)

@@ -87,3 +87,31 @@ def test_an_evaluation_on_the_training_split_is_called_optimistic(
     bundle = export_bundle(ckpt, tmp_path / "b", onnx=False, evaluation=tmp_path / "ev")
     text = (bundle / MODEL_CARD_MD).read_text()
     assert "The figures are on the train split, not a held-out test split: optimistic." in text
+
+
+def test_the_gate_section_says_how_its_threshold_was_set() -> None:
+    """From the card's own gate entry: the held-out and validation counts and shares of a
+    pooled (PAC) threshold; for one set on validation alone, that and why."""
+    import numpy as np
+
+    from cxrkit.deploy.model_card import model_card_markdown
+    from cxrkit.models.gate import FeatureGate
+    from tests.models.test_feature_gate import features
+
+    pooled = FeatureGate.fit(features(400, seed=1), features(100, seed=2), groups=np.arange(400))
+    g = pooled.to_dict()
+    text = model_card_markdown({"gate": g})
+    assert (
+        f"threshold {g['threshold']:.3f} set on 400 held-out training images (5 folds by "
+        "patient) and 100 validation images, so that at most 0.05 of in-distribution images "
+        "are flagged with 90% confidence (measured: "
+        f"{g['held_out_false_alarm_rate']:.3f} of the held-out training images, "
+        f"{g['val_false_alarm_rate']:.3f} of the validation images)." in text
+    )
+    few = FeatureGate.fit(features(40, seed=1), features(30, seed=2), groups=np.arange(40) % 3)
+    g = few.to_dict()
+    assert (
+        f"threshold {g['threshold']:.3f} set on 30 validation images for a false-alarm rate of "
+        f"0.05 on average (measured there: {g['val_false_alarm_rate']:.3f}); too few patients "
+        "or images for held-out training scores." in model_card_markdown({"gate": g})
+    )

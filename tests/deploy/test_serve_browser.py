@@ -97,6 +97,29 @@ def test_slow_upload_gets_408(engine: Engine) -> None:
     assert "did not arrive within 1 s" in reply
 
 
+def test_the_page_states_the_gate_s_promise(gated: Path) -> None:
+    """The card panel's "Input gate" line, from `/v1/model`: the threshold and the asked rate
+    with its confidence (a pooled threshold), not a bare validation rate."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    engine = Engine(Predictor.from_checkpoint(gated), max_pixels=50_000_000, display_size=1024)
+    gate = engine.predictor.card["gate"]
+    with live_server(engine) as url, sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            page.wait_for_selector("#card dl")
+            line = page.locator("#card dt:text-is('Input gate') + dd").inner_text()
+        finally:
+            browser.close()
+    assert line == (
+        f"flags images unlike the training data (threshold {gate['threshold']:.1f}, at most "
+        f"{100 * gate['false_alarm_rate']:.0f}% false alarms, 90% confidence)"
+    )
+
+
 def test_page_in_chromium(engine: Engine, phantom: Path, tmp_path: Path) -> None:
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")

@@ -13,10 +13,10 @@ from cxrkit.errors import UserError
 from cxrkit.models.gate import (
     FeatureGate,
     check_false_alarm_rate,
-    conformal_threshold,
     ledoit_wolf,
     reference_distribution,
 )
+from cxrkit.models.gate_threshold import conformal_threshold, min_validation_images
 
 
 def features(n: int, d: int = 48, seed: int = 0, shift: float = 0.0) -> np.ndarray:
@@ -31,8 +31,8 @@ def features(n: int, d: int = 48, seed: int = 0, shift: float = 0.0) -> np.ndarr
 def test_false_alarm_rate_holds_on_held_out_data() -> None:
     gate = FeatureGate.fit(features(3000, seed=1), features(1000, seed=2), false_alarm_rate=0.05)
     held_out = gate.flags(gate.score(features(20000, seed=3))).mean()
-    assert abs(held_out - 0.05) < 0.02
-    assert gate.val_false_alarm_rate <= 0.05
+    assert 0.03 <= held_out <= 0.055  # at most 5% with 90% confidence, not far below it
+    assert gate.val_false_alarm_rate <= 0.07
     strict = FeatureGate.fit(features(3000, seed=1), features(1000, seed=2), false_alarm_rate=0.01)
     assert strict.threshold > gate.threshold
     assert strict.flags(strict.score(features(20000, seed=3))).mean() < 0.02
@@ -110,8 +110,6 @@ def test_bad_input() -> None:
 
 
 def test_a_rate_too_small_for_the_validation_images_is_refused() -> None:
-    from cxrkit.models.gate import conformal_threshold, min_validation_images
-
     assert [min_validation_images(a) for a in (0.05, 0.1, 0.01, 0.5)] == [19, 9, 99, 1]
     scores = np.arange(19, dtype=float)
     assert conformal_threshold(scores, 0.05) == 18.0  # rank ceil(20 * 0.95) = 19 of 19

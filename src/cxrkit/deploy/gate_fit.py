@@ -3,8 +3,9 @@
 :func:`fit_gate` computes the penultimate features of a prepared folder's training rows (a
 seeded sample of at most ``max_train``) and validation rows through the
 :class:`~cxrkit.deploy.predictor.Predictor` (PyTorch, fp32), fits
-:class:`cxrkit.models.gate.FeatureGate` (threshold on the validation scores) and writes two
-keys into the checkpoint's card with :func:`cxrkit.models.checkpoint.update_card`:
+:class:`cxrkit.models.gate.FeatureGate` (threshold on held-out training scores, folds by
+patient, and validation scores) and writes two keys into the checkpoint's card with
+:func:`cxrkit.models.checkpoint.update_card`:
 
 * ``gate``: :meth:`FeatureGate.to_dict` plus ``data`` (the prepared folders) and ``seed``;
 * ``reference``: each finding's validation probability distribution
@@ -32,12 +33,13 @@ from cxrkit.errors import UserError
 from cxrkit.models.checkpoint import load_checkpoint, read_checkpoint, update_card
 from cxrkit.models.gate import (
     DEFAULT_FALSE_ALARM_RATE,
+    RULE_PAC,
     FeatureGate,
     check_false_alarm_rate,
-    conformal_threshold,
-    min_validation_images,
+    fallback_reason,
     reference_distribution,
 )
+from cxrkit.models.gate_threshold import conformal_threshold, min_validation_images
 
 
 @dataclass
@@ -50,11 +52,23 @@ class GateFit:
     seconds: float
 
     def describe(self) -> str:
-        """One line: the threshold and the false-alarm rate asked for and measured."""
+        """One line: the threshold, the false-alarm rate asked for and the shares measured."""
         g = self.gate
+        if g["threshold_rule"] == RULE_PAC:
+            shares = (
+                f"{g['val_false_alarm_rate']:.1%} of {g['n_val']} validation and "
+                f"{g['held_out_false_alarm_rate']:.1%} of {g['n_held_out']} held-out training "
+                f"images (asked at most {g['false_alarm_rate']:.1%} at {g['confidence']:.0%} "
+                "confidence)"
+            )
+        else:
+            rule = fallback_reason(g["threshold_rule"])
+            shares = (
+                f"{g['val_false_alarm_rate']:.1%} of {g['n_val']} validation images (asked "
+                f"{g['false_alarm_rate']:.1%} on average; set on validation alone: {rule})"
+            )
         return (
-            f"input gate: threshold {g['threshold']:.1f} flags {g['val_false_alarm_rate']:.1%} "
-            f"of {g['n_val']} validation images (asked {g['false_alarm_rate']:.1%}); fitted on "
+            f"input gate: threshold {g['threshold']:.1f} flags {shares}; fitted on "
             f"{g['n_train']} training images in {self.seconds:.0f} s"
         )
 
@@ -109,16 +123,22 @@ def fit_gate(
         conformal_threshold(np.zeros(counts["val"]), rate)  # raises, saying what to do
     predictor = Predictor(load_checkpoint(path), backend="torch", precision="fp32")
     total = counts["train"]
-    train, val, probs = [], [], []
-    for manifest in manifests:
+    train, patients, val, probs = [], [], [], []
+    for k, manifest in enumerate(manifests):
         rows = manifest.rows("train")
         share = max(1, round(max_train * len(rows) / total))
         rows = rows.sample(share, random_state=seed) if len(rows) > share else rows
         train.append(predictor.embed_manifest(manifest, rows, progress=progress))
+        patients.append(f"{k}:" + rows["patient_id"].astype(str).to_numpy(dtype=object))
         p, f = predictor.predict_embed_manifest(manifest, manifest.rows("val"), progress=progress)
         probs.append(p)
         val.append(f)
-    gate = FeatureGate.fit(np.concatenate(train), np.concatenate(val), false_alarm_rate=rate)
+    gate = FeatureGate.fit(
+        np.concatenate(train),
+        np.concatenate(val),
+        false_alarm_rate=rate,
+        groups=np.concatenate(patients),  # held-out scores by patient, across folders too
+    )
     entry = {
         **gate.to_dict(),
         "data": [str(f) if is_uri(f) else str(Path(f).resolve()) for f in folders],

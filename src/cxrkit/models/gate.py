@@ -15,11 +15,19 @@ Mahalanobis distance:
 * ``score = sqrt(k part + residual part)``, a distance (about ``sqrt(D)`` for typical training
   images).
 
-The threshold is the conformal ``(1 - false_alarm_rate)`` quantile of the scores of a held-out
-(validation) split: the ``ceil((n + 1)(1 - a))``-th smallest of ``n`` scores, so a new image
-exchangeable with those (same population, same acquisition) is flagged with probability at
-most ``a``. The gate knows nothing of images: it is numpy on feature arrays, serialised to a
-JSON-ready dict (:meth:`FeatureGate.to_dict`, arrays as base64 little-endian float32).
+The threshold (:mod:`cxrkit.models.gate_threshold`) is set on calibration scores of images the
+fit did not see: each training image scored by a gate fitted on the other patients' images
+(5 folds by patient) and every validation image scored by the full gate. It is the
+:func:`~cxrkit.models.gate_threshold.pac_threshold` of those: with probability
+``confidence`` (default 90%) over the draw of those images, a new image exchangeable with them
+(same population, same acquisition) is flagged with probability at most ``false_alarm_rate``.
+When the validation images exceed that threshold implausibly often (the network knows its
+training images better than new ones, so their held-out scores run low), or there are too few
+patients for folds, it falls back to the conformal quantile of the validation scores alone,
+a promise on average over the draw only. The card says which rule set it.
+
+The gate knows nothing of images: it is numpy on feature arrays, serialised to a JSON-ready
+dict (:meth:`FeatureGate.to_dict`, arrays as base64 little-endian float32).
 """
 
 from __future__ import annotations
@@ -32,11 +40,35 @@ from typing import Any
 import numpy as np
 
 from cxrkit.errors import UserError
+from cxrkit.models.gate_threshold import (
+    DEFAULT_CONFIDENCE,
+    conformal_threshold,
+    exceeds_too_often,
+    min_calibration_images,
+    out_of_fold_scores,
+    pac_threshold,
+)
 
 METHOD = "ppca-mahalanobis/1"
 MAX_COMPONENTS = 64  #: principal components kept at most
 MAX_CARD_FLOATS = 1 << 18  #: k * D at most: 1 MiB of float32, about 1.4 MB of base64 JSON
 DEFAULT_FALSE_ALARM_RATE = 0.05
+RULE_PAC = (
+    "pac: at most false_alarm_rate of in-distribution images flagged with probability "
+    "confidence, on held-out training scores (5 folds by patient) and val scores"
+)
+RULE_VAL = "conformal (1 - false_alarm_rate) quantile of val scores"
+RULE_VAL_FALLBACK = (
+    f"{RULE_VAL} (val images exceeded the pooled threshold too often to be like the "
+    "held-out training images)"
+)
+RULE_VAL_FEW = f"{RULE_VAL} (too few patients or images for held-out training scores)"
+
+
+def fallback_reason(rule: str) -> str:
+    """Why a card's threshold was set on validation alone ("" for none given, e.g. an older
+    card's, or for another rule)."""
+    return rule[len(RULE_VAL) :].strip(" ()") if rule.startswith(RULE_VAL) else ""
 
 
 def encode_array(a: np.ndarray) -> dict[str, Any]:
@@ -59,28 +91,6 @@ def check_false_alarm_rate(rate: float) -> float:
             f"flagged, e.g. 0.05), got {rate}"
         )
     return float(rate)
-
-
-def conformal_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
-    """The ``ceil((n + 1)(1 - a))``-th smallest of ``scores`` ``(n,)``: a new exchangeable
-    score exceeds it with probability at most ``a``. Needs ``n >= ceil(1 / a) - 1``
-    (:func:`min_validation_images`): with fewer, the rank passes ``n`` and no threshold keeps
-    that promise (the largest score only bounds the rate by ``1 / (n + 1)``), a UserError."""
-    if len(scores) < min_validation_images(false_alarm_rate):
-        raise UserError(
-            f"a false-alarm rate of {false_alarm_rate:g} needs at least "
-            f"{min_validation_images(false_alarm_rate)} validation images to set its threshold, "
-            f"got {len(scores)}; ask a rate of at least {1 / (len(scores) + 1):.3g} or prepare "
-            "a larger validation split"
-        )
-    ordered = np.sort(np.asarray(scores, dtype=np.float64))
-    rank = math.ceil((len(ordered) + 1) * (1.0 - false_alarm_rate))
-    return float(ordered[min(rank, len(ordered)) - 1])
-
-
-def min_validation_images(false_alarm_rate: float) -> int:
-    """The fewest validation scores for which :func:`conformal_threshold` keeps its promise."""
-    return max(1, math.ceil(1.0 / false_alarm_rate - 1e-9) - 1)
 
 
 def ledoit_wolf(z: np.ndarray) -> tuple[np.ndarray, float]:
@@ -108,11 +118,15 @@ class FeatureGate:
     variances: np.ndarray
     residual_variance: float
     shrinkage: float
-    threshold: float
-    false_alarm_rate: float
     n_train: int
-    n_val: int
-    val_false_alarm_rate: float
+    threshold: float = math.inf
+    false_alarm_rate: float = math.nan
+    confidence: float = math.nan  #: NaN for a conformal (average-over-draws) threshold
+    threshold_rule: str = RULE_VAL
+    n_val: int = 0
+    val_false_alarm_rate: float = math.nan
+    n_held_out: int = 0  #: held-out training scores among the calibration scores
+    held_out_false_alarm_rate: float = math.nan
 
     @classmethod
     def fit(
@@ -122,20 +136,50 @@ class FeatureGate:
         *,
         false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
         max_components: int = MAX_COMPONENTS,
+        groups: np.ndarray | None = None,
+        confidence: float = DEFAULT_CONFIDENCE,
     ) -> FeatureGate:
-        """Fit on training features ``(N, D)``, set the threshold on validation features
-        ``(M, D)`` (held out: never the training rows)."""
+        """Fit on training features ``(N, D)`` and set the threshold (module docstring) on
+        their held-out scores and on validation features ``(M, D)`` (never training rows).
+        ``groups`` ``(N,)``: each training row's patient, so that no patient is scored by a
+        fit that saw it (None: each row its own patient)."""
         rate = check_false_alarm_rate(false_alarm_rate)
         train = _features(train, "training")
         val = _features(val, "validation")
         if train.shape[1] != val.shape[1]:
             raise UserError(f"feature widths differ: train {train.shape[1]}, val {val.shape[1]}")
-        n, d = train.shape
-        if n < 10 or len(val) < 10:
+        if len(train) < 10 or len(val) < 10:
             raise UserError(
                 f"the input gate needs at least 10 training and 10 validation images, got "
-                f"{n} and {len(val)}"
+                f"{len(train)} and {len(val)}"
             )
+        if groups is not None and len(groups) != len(train):
+            raise UserError(f"{len(groups)} patient ids for {len(train)} training rows")
+        gate = cls.estimate(train, max_components)
+        held_out = cls.held_out_scores(train, groups, max_components)
+        gate.set_threshold(gate.score(val), held_out, rate, confidence)
+        return gate
+
+    @classmethod
+    def held_out_scores(
+        cls,
+        train: np.ndarray,
+        groups: np.ndarray | None = None,
+        max_components: int = MAX_COMPONENTS,
+    ) -> np.ndarray | None:
+        """``(N,)`` scores of training features ``(N, D)``, each by a gate estimated on the
+        other folds' patients (``groups`` ``(N,)``; None: a row each); None when too few."""
+        return out_of_fold_scores(
+            lambda rows, others: cls.estimate(rows, max_components).score(others),
+            train,
+            np.arange(len(train)) if groups is None else np.asarray(groups),
+        )
+
+    @classmethod
+    def estimate(cls, train: np.ndarray, max_components: int = MAX_COMPONENTS) -> FeatureGate:
+        """The mean, components and variances of training features ``(N, D)``; no threshold
+        yet (``inf``)."""
+        n, d = train.shape
         k = max(1, min(max_components, d - 1, n // 4, MAX_CARD_FLOATS // d))
         mean = train.mean(axis=0)
         centred = train - mean
@@ -146,22 +190,36 @@ class FeatureGate:
         total = float(eig.sum())
         floor = 1e-6 * total / d + 1e-12
         residual = max((total - float(eig[:k].sum())) / (d - k), floor)
-        gate = cls(  # the arrays as the card stores them (float32), so scores match after loading
+        return cls(  # the arrays as the card stores them (float32), so scores match after loading
             mean=_f32(mean),
             basis=_f32(basis),
             variances=_f32(np.maximum(np.diag(cov), floor)),
             residual_variance=residual,
             shrinkage=shrink,
-            threshold=math.inf,
-            false_alarm_rate=rate,
             n_train=n,
-            n_val=len(val),
-            val_false_alarm_rate=math.nan,
         )
-        val_scores = gate.score(val)
-        gate.threshold = conformal_threshold(val_scores, rate)
-        gate.val_false_alarm_rate = float(np.mean(val_scores > gate.threshold))
-        return gate
+
+    def set_threshold(
+        self, val: np.ndarray, held_out: np.ndarray | None, rate: float, confidence: float
+    ) -> None:
+        """Set the threshold from validation scores ``(M,)`` and held-out training scores
+        ``(N,)`` (None: none), by the rules of the module docstring."""
+        pooled = val if held_out is None else np.concatenate([held_out, val])
+        rule, threshold = RULE_VAL_FEW, math.nan
+        if held_out is not None and len(pooled) >= min_calibration_images(rate, confidence):
+            threshold = pac_threshold(pooled, rate, confidence)
+            rule = RULE_PAC
+            if exceeds_too_often(val, threshold, rate):
+                rule = RULE_VAL_FALLBACK
+        if rule != RULE_PAC:
+            threshold, confidence = conformal_threshold(val, rate), math.nan
+        self.threshold, self.false_alarm_rate, self.confidence = threshold, rate, confidence
+        self.threshold_rule = rule
+        self.n_val, self.val_false_alarm_rate = len(val), float(np.mean(val > threshold))
+        if rule == RULE_PAC:
+            assert held_out is not None
+            self.n_held_out = len(held_out)
+            self.held_out_false_alarm_rate = float(np.mean(held_out > threshold))
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """``(N, D)`` features -> ``(N,)`` float64 distances (NaN for a non-finite row)."""
@@ -195,11 +253,16 @@ class FeatureGate:
             "shrinkage": float(self.shrinkage),
             "residual_variance": float(self.residual_variance),
             "false_alarm_rate": self.false_alarm_rate,
+            "confidence": None if math.isnan(self.confidence) else self.confidence,
             "threshold": float(self.threshold),
-            "threshold_rule": "conformal (1 - false_alarm_rate) quantile of val scores",
+            "threshold_rule": self.threshold_rule,
             "n_train": int(self.n_train),
             "n_val": int(self.n_val),
             "val_false_alarm_rate": float(self.val_false_alarm_rate),
+            "n_held_out": int(self.n_held_out),
+            "held_out_false_alarm_rate": None
+            if math.isnan(self.held_out_false_alarm_rate)
+            else self.held_out_false_alarm_rate,
             "arrays": {
                 "mean": encode_array(self.mean),
                 "basis": encode_array(self.basis),
@@ -216,17 +279,24 @@ class FeatureGate:
                 f"{METHOD!r} (fit it again with `cxrkit gate`)"
             )
         arrays = d["arrays"]
+        optional = {  # absent from cards written before held-out training scores
+            "confidence": d.get("confidence"),
+            "held_out_false_alarm_rate": d.get("held_out_false_alarm_rate"),
+        }
         return cls(
             mean=decode_array(arrays["mean"]),
             basis=decode_array(arrays["basis"]),
             variances=decode_array(arrays["variances"]),
             residual_variance=float(d["residual_variance"]),
             shrinkage=float(d["shrinkage"]),
+            n_train=int(d["n_train"]),
             threshold=float(d["threshold"]),
             false_alarm_rate=float(d["false_alarm_rate"]),
-            n_train=int(d["n_train"]),
+            threshold_rule=str(d.get("threshold_rule", RULE_VAL)),
             n_val=int(d["n_val"]),
             val_false_alarm_rate=float(d["val_false_alarm_rate"]),
+            n_held_out=int(d.get("n_held_out", 0)),
+            **{k: math.nan if v is None else float(v) for k, v in optional.items()},
         )
 
 

@@ -75,7 +75,10 @@ async function loadCard() {
       el("dd", {
         textContent: card.input_gate
           ? `flags images unlike the training data (threshold ${fmt(card.input_gate.threshold, 1)}, ` +
-            `${fmt(100 * card.input_gate.false_alarm_rate, 0)}% false alarms on validation)`
+            (card.input_gate.confidence
+              ? `at most ${fmt(100 * card.input_gate.false_alarm_rate, 0)}% false alarms, ` +
+                `${fmt(100 * card.input_gate.confidence, 0)}% confidence)`
+              : `${fmt(100 * card.input_gate.false_alarm_rate, 0)}% false alarms on validation)`)
           : "none fitted: images unlike the training data are not flagged",
       }),
       el("dt", { textContent: "Model version" }),
