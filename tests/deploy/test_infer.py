@@ -291,3 +291,19 @@ def test_default_decoding_workers_follow_the_device(
     monkeypatch.setattr(backends, "usable_cores", lambda: cores)
     assert backends.default_workers(torch.device("cpu")) == cpu
     assert backends.default_workers(torch.device("cuda", 0)) == cuda
+
+
+@pytest.mark.parametrize("cores,processes,total", [(64, 4, 60), (64, 2, 32), (8, 4, 4), (4, 8, 0)])
+def test_gpu_decoding_workers_are_a_total_that_every_gpu_process_shares(
+    monkeypatch: pytest.MonkeyPatch, cores: int, processes: int, total: int
+) -> None:
+    """With N GPU processes on one machine the default is N times each one's share (its cores
+    less its main loop, at most 16): 4 GPUs on 64 cores get 15 decoders each, where one cap
+    of 16 divided by 4 gave them 4. The CPU default stays the one total."""
+    import torch
+
+    from cxrkit.deploy import backends
+
+    monkeypatch.setattr(backends, "usable_cores", lambda: cores)
+    assert backends.default_workers(torch.device("cuda", 0), processes) == total
+    assert backends.default_workers(torch.device("cpu"), processes) == min(4, max(0, cores - 2))

@@ -32,7 +32,7 @@ def cmd_infer(a: argparse.Namespace) -> int:
     launch = launch_for(a.devices, device_options(a)["device"])
     if launch is not None:  # torchrun / srun started this process as one of several ranks
         return infer_launched(a, launch)
-    predictor, paths, options = infer_setup(a)
+    predictor, paths, options = infer_setup(a, a.devices)
     gated = predictor.gate is not None
     if a.devices != 1:
         record, plan, writer = _record_and_plan(a, predictor, paths, options, a.devices)
@@ -43,9 +43,12 @@ def cmd_infer(a: argparse.Namespace) -> int:
     return infer_summary(a, s, gated=gated)
 
 
-def infer_setup(a: argparse.Namespace) -> tuple[Predictor, list[Path], dict[str, Any]]:
-    """``infer``'s Predictor (printed), its sources and :func:`write_predictions` options;
-    bad options fail before any output."""
+def infer_setup(
+    a: argparse.Namespace, processes: int
+) -> tuple[Predictor, list[Path], dict[str, Any]]:
+    """``infer``'s Predictor (printed), its sources and :func:`write_predictions` options
+    (``workers``: the total of the ``processes`` on this machine); bad options fail before
+    any output."""
     from cxrkit.cli.devices import GPU_DECODE, device_options, runtime_line
     from cxrkit.deploy.backends import default_workers
     from cxrkit.deploy.batch import check_dicom_tags
@@ -66,8 +69,10 @@ def infer_setup(a: argparse.Namespace) -> tuple[Predictor, list[Path], dict[str,
     tags = tuple(t for t in a.dicom_tags.split(",") if t) if a.dicom_tags else ()
     check_dicom_tags(tags)  # bad options fail before any output or warning
     paths = resolve_sources(a.source)
-    workers = default_workers(predictor.device) if a.workers is None else a.workers
+    workers = default_workers(predictor.device, processes) if a.workers is None else a.workers
     decoding = f"{workers} decoding process(es)" if workers else "decoding in background threads"
+    if workers and processes > 1:
+        decoding += f", {workers // processes} per prediction process"
     print(runtime_line(predictor))
     print(
         f"{len(paths)} file(s); backend {predictor.backend_name}; {decoding}"
@@ -185,7 +190,7 @@ def infer_launched(a: argparse.Namespace, launch: Launch) -> int:
     from cxrkit.deploy.sharded import merge_parts, predict_part
 
     def prepare() -> tuple[dict[str, Any], Plan, dict[str, Any], bool]:
-        predictor, paths, options = infer_setup(a)
+        predictor, paths, options = infer_setup(a, launch.local_world)
         print(f"{launch.world} prediction ranks ({launch.launcher})")
         return (*_record_and_plan(a, predictor, paths, options, launch.world), bool(predictor.gate))
 

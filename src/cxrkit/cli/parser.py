@@ -203,9 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="decoding processes beside the model (default: on the CPU cores - 2, at most 4, "
-        f"here {decode_workers}; on a GPU cores - 1, at most 16; 0 = decode in low-priority "
-        "background threads, one per core up to 4, the faster choice on 2 cores)",
+        help="decoding processes beside the model, all --devices processes' total (default: "
+        f"CPU cores - 2, at most 4, here {decode_workers}; a GPU process its share of the cores"
+        " - 1, at most 16; 0 = low-priority background threads, the faster choice on 2 cores)",
     )
     add_device_arguments(s, gpu_decode=True)
     s.add_argument("--devices", type=int, default=1, metavar="N", help="prediction processes: "

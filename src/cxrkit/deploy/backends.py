@@ -76,12 +76,15 @@ def usable_cores() -> int:
 MAX_DEFAULT_WORKERS = {"cpu": 4, "cuda": 16}
 
 
-def default_workers(device: torch.device) -> int:
-    """``infer --workers``' default on ``device``: on the CPU cores - 2 (at most 4; none on 2
-    cores, where background threads decode faster); on CUDA cores - 1 (at most 16)."""
+def default_workers(device: torch.device, processes: int = 1) -> int:
+    """``infer --workers``' default on ``device``, the total for ``processes`` prediction
+    processes on this machine (``--devices N``, a launcher's local ranks), which divide it:
+    on the CPU cores - 2 (at most 4; none on 2 cores, where background threads decode faster);
+    on CUDA each process's share of the cores less its main loop (at most 16 per GPU)."""
     cores = usable_cores()
     if device.type == "cuda":
-        return max(0, min(MAX_DEFAULT_WORKERS["cuda"], cores - 1))
+        each = max(0, min(MAX_DEFAULT_WORKERS["cuda"], cores // processes - 1))
+        return each * processes
     return max(0, min(MAX_DEFAULT_WORKERS["cpu"], cores - 2))
 
 
