@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,27 @@ def test_eval_writes_into_its_own_folder_never_over_other_files(
     evaluate_predictions(peer, prepared, ours, options=options)
     evaluate_predictions(peer, prepared, ours, options=options)  # again: its own files
     assert json.loads((ours / "metrics.json").read_text())["n_images"] > 0
+
+
+def test_predictions_under_srun_are_evaluated_once(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """Two srun tasks running `eval --predictions`: task 1 returns 0 at once and writes
+    nothing, task 0 evaluates alone and says so (before, both wrote the same --out)."""
+    from cxrkit.cli.parser import main
+
+    peer = _peer_predictions(prepared, tmp_path, signal=0.5, seed=0, drop=2)
+    args = ["eval", "--predictions", str(peer), "--labels", str(prepared), "--bootstrap", "20"]
+    for key in [k for k in os.environ if k.startswith(("SLURM_", "TORCHELASTIC"))]:
+        monkeypatch.delenv(key)
+    for key, value in {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_LOCALID": "1",
+                       "SLURM_PROCID": "1", "SLURM_NODELIST": "node1", "SLURM_JOB_ID": "7",
+                       "SLURM_JOB_NAME": "job"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert not (tmp_path / "one").exists() and capsys.readouterr().out == ""
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_LOCALID", "0")
+    assert main([*args, "--out", str(tmp_path / "zero")]) == 0
+    assert "rank 0 evaluates --predictions alone" in capsys.readouterr().out
+    assert (tmp_path / "zero" / "metrics.json").is_file()

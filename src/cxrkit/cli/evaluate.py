@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -149,6 +150,17 @@ def add_evaluate_parsers(add: AddParser) -> None:
     s.add_argument("--out", required=True, help="folder for compare.json")
 
 
+def _launched_rank() -> int | None:
+    """This process's rank when torchrun or srun started several, else None (torch is
+    imported only under a launcher: ``eval --predictions`` runs no model)."""
+    if not {"TORCHELASTIC_RUN_ID", "SLURM_PROCID"} & set(os.environ):
+        return None
+    from cxrkit.deploy.ranks import launched
+
+    launch = launched()
+    return None if launch is None else launch.rank
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from cxrkit.evaluate.results import format_table
     from cxrkit.evaluate.runs import EvalOptions, evaluate_checkpoint, evaluate_predictions
@@ -217,6 +229,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
                 "--predictions needs --labels (a prepared folder, a labels CSV, or a "
                 "dataset's label file with --dataset)"
             )
+        if _launched_rank() not in (None, 0):
+            return 0  # rank 0 evaluates the file alone: N copies would race for --out
+        if _launched_rank() == 0:
+            print("launched ranks: rank 0 evaluates --predictions alone (it runs no model)")
         r = evaluate_predictions(
             a.predictions,
             a.labels,
