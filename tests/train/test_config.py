@@ -408,3 +408,26 @@ def test_exponent_numbers_are_numbers_in_overrides_and_recipes(tmp_path: Path) -
     recipe.write_text("optim:\n  lr: 3e-4\n  weight_decay: 1e-5\n")
     cfg = load_config(recipe, ["loss.cb_beta=9.99e-1"])
     assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.loss.cb_beta) == (3e-4, 1e-5, 0.999)
+
+
+def test_training_auto_precision_is_every_command_s_auto(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`trainer.precision: auto` picks what `--precision auto` picks for eval/infer on the
+    same device, as one of Lightning's names; explicit values pass through."""
+    import torch
+
+    from cxrkit.models import devices
+    from cxrkit.train.fit import LIGHTNING_PRECISION, lightning_precision
+
+    assert set(LIGHTNING_PRECISION.values()) <= set(PRECISIONS)
+    cpu = devices.resolve_precision("auto", torch.device("cpu"))
+    if not torch.cuda.is_available():
+        assert lightning_precision("auto") == LIGHTNING_PRECISION[cpu]
+    for native, expected in ((True, "bf16-mixed"), (False, "32-true")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda native=native: native)
+        assert lightning_precision("auto") == expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for bf16, expected in ((True, "bf16-mixed"), (False, "16-mixed")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert lightning_precision("auto") == expected
+    assert lightning_precision("16-mixed") == "16-mixed"

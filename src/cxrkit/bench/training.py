@@ -237,10 +237,10 @@ def bench_train(
 ) -> TrainBench:
     """Measure :class:`TrainBench`: the train step on batches from ``data``'s cache (random
     uint8 images without ``data``), then the training loader over ``data``'s train split."""
-    from cxrkit.train.fit import resolve_precision
+    from cxrkit.train.fit import lightning_precision
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = resolve_precision(precision)
+    precision = lightning_precision(precision)
     if precision not in AUTOCAST:
         raise UserError(f"precision must be auto, {', '.join(AUTOCAST)}; got {precision!r}")
     manifest = load_manifest(data) if data is not None else None

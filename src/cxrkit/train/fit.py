@@ -27,7 +27,8 @@ from cxrkit.data.manifest import Manifest, load_manifest
 from cxrkit.data.storage import as_location
 from cxrkit.errors import UserError
 from cxrkit.files import remove_stale_temps, write_json
-from cxrkit.models.backbones import check_backbone, cpu_has_native_bf16
+from cxrkit.models.backbones import check_backbone
+from cxrkit.models.devices import auto_precision
 from cxrkit.train.callbacks import (
     AtomicCheckpointIO,
     BestCheckpoint,
@@ -86,13 +87,18 @@ class _Data:
     training_data: dict[str, Any]
 
 
-def resolve_precision(requested: str) -> str:
-    """``auto`` -> bf16-mixed / 16-mixed on CUDA, bf16-mixed on CPUs with native bf16, else 32."""
+#: the names of :func:`cxrkit.models.devices.auto_precision` as Lightning's precision strings
+LIGHTNING_PRECISION = {"bf16": "bf16-mixed", "fp16": "16-mixed", "fp32": "32-true"}
+
+
+def lightning_precision(requested: str) -> str:
+    """``trainer.precision``: ``auto`` -> what every other command's ``--precision auto`` picks
+    on the device Lightning trains on (CUDA when present, else the CPU: bf16 with native
+    support), as Lightning's name; any other value as given."""
     if requested != "auto":
         return requested
-    if torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return LIGHTNING_PRECISION[auto_precision(device)[0]]
 
 
 def fit(
@@ -294,7 +300,7 @@ def _train(
         strategy=t.strategy,
         num_nodes=t.num_nodes,
         use_distributed_sampler=False,  # the loaders shard themselves, validation unpadded
-        precision=resolve_precision(t.precision),
+        precision=lightning_precision(t.precision),
         deterministic=t.deterministic,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],

@@ -21,7 +21,7 @@ SCHEDULERS = ("cosine", "plateau", "none")
 LOSS_NAMES = ("bce", "focal", "class_balanced", "asymmetric")
 #: ``loss.pos_weight``: none, or negatives/positives per class (train/losses.py).
 POS_WEIGHTS = (None, "auto")
-#: ``trainer.precision``: ``auto`` (``resolve_precision`` in train/fit.py) or one of Lightning's
+#: ``trainer.precision``: ``auto`` (``lightning_precision`` in train/fit.py) or one of Lightning's
 #: own names (its ``_PRECISION_INPUT_STR``; a test keeps the two equal). Lightning's legacy
 #: aliases (``32``, ``16``, ``bf16``) are refused: they are ambiguous and Lightning warns.
 PRECISIONS = (
