@@ -235,7 +235,8 @@ def test_cli_gate_and_its_bad_input(
     bad = ["gate", "--checkpoint", str(ckpt), "--data", str(prepared), "--false-alarm-rate"]
     assert main([*bad, "0.1"]) == 0
     out = capsys.readouterr().out
-    assert "input gate: threshold" in out and "held-out training images (asked at most 10.0%" in out
+    assert "input gate: threshold" in out
+    assert "validation images so that at most 10.0% of in-distribution images are flagged" in out
     assert main([*bad, "1.5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--false-alarm-rate must be in (0, 0.5]" in err

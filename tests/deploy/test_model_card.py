@@ -102,16 +102,18 @@ def test_the_gate_section_says_how_its_threshold_was_set() -> None:
     g = pooled.to_dict()
     text = model_card_markdown({"gate": g})
     assert (
-        f"threshold {g['threshold']:.3f} set on 400 held-out training images (5 folds by "
-        "patient) and 100 validation images, so that at most 0.05 of in-distribution images "
-        "are flagged with 90% confidence (measured: "
-        f"{g['held_out_false_alarm_rate']:.3f} of the held-out training images, "
-        f"{g['val_false_alarm_rate']:.3f} of the validation images)." in text
+        f"threshold {g['threshold']:.1f}, set on 400 held-out training images (5 folds by "
+        "patient) and 100 validation images so that at most 5.0% of in-distribution images "
+        f"are flagged with 90% confidence; it flags {g['held_out_false_alarm_rate']:.1%} of "
+        f"those training and {g['val_false_alarm_rate']:.1%} of those validation images." in text
     )
     few = FeatureGate.fit(features(40, seed=1), features(30, seed=2), groups=np.arange(40) % 3)
     g = few.to_dict()
     assert (
-        f"threshold {g['threshold']:.3f} set on 30 validation images for a false-alarm rate of "
-        f"0.05 on average (measured there: {g['val_false_alarm_rate']:.3f}); too few patients "
-        "or images for held-out training scores." in model_card_markdown({"gate": g})
+        f"threshold {g['threshold']:.1f}, set on 30 validation images so that 5.0% of "
+        "in-distribution images are flagged on average; it flags "
+        f"{g['val_false_alarm_rate']:.1%} of them (on validation alone: too few patients"
+        in model_card_markdown({"gate": g})
     )
+    old = {k: v for k, v in g.items() if k not in ("threshold_rule", "n_held_out")}
+    assert "(on validation alone" not in model_card_markdown({"gate": old})  # an older card

@@ -11,8 +11,11 @@ import pytest
 from scipy.stats import binom
 
 from cxrkit.errors import UserError
-from cxrkit.models.gate import RULE_PAC, RULE_VAL_FALLBACK, RULE_VAL_FEW, FeatureGate
+from cxrkit.models.gate import FeatureGate
 from cxrkit.models.gate_threshold import (
+    RULE_PAC,
+    RULE_VAL_FALLBACK,
+    RULE_VAL_FEW,
     allowed_exceedances,
     conformal_threshold,
     exceeds_too_often,
@@ -40,7 +43,8 @@ def test_allowed_exceedances_is_the_largest_count_within_the_binomial_tail() -> 
 def test_pac_keeps_its_promise_over_draws_and_conformal_only_on_average() -> None:
     """Uniform scores: the true share above a threshold t is 1 - t. Over 2000 draws of 150
     calibration scores, the PAC threshold's share exceeds 5% in at most 10% of draws (the
-    promise); the conformal one's averages 5% but exceeds it in about half."""
+    promise; 5.5% exactly here, since k is a whole number); the conformal one's averages 5%
+    but exceeds it in about half."""
     rng = np.random.default_rng(0)
     pac, conformal = [], []
     for _ in range(2000):
@@ -49,7 +53,7 @@ def test_pac_keeps_its_promise_over_draws_and_conformal_only_on_average() -> Non
         conformal.append(1 - conformal_threshold(s, 0.05))
     pac_a, conf_a = np.array(pac), np.array(conformal)
     assert np.mean(pac_a > 0.05) <= 0.1 + 0.02
-    assert np.mean(pac_a > 0.05) >= 0.05  # not needlessly strict either
+    assert np.mean(pac_a > 0.05) >= 0.03  # not needlessly strict either
     assert abs(conf_a.mean() - 0.05) < 0.005 and np.mean(conf_a > 0.05) > 0.35
 
 
@@ -87,7 +91,8 @@ def test_fit_pools_held_out_training_and_validation_scores() -> None:
     assert gate.n_held_out == 2000 and gate.n_val == 300
     assert gate.held_out_false_alarm_rate <= 0.05 and gate.val_false_alarm_rate <= 0.1
     held_out = gate.flags(gate.score(features(20000, seed=3))).mean()
-    assert 0.03 <= held_out <= 0.05
+    # one draw of a promise kept with 90% confidence: 4.1% here; other seeds reach 5.4%
+    assert 0.03 <= held_out <= 0.06
     entry = gate.to_dict()
     assert entry["threshold_rule"] == RULE_PAC and entry["n_held_out"] == 2000
     again = FeatureGate.from_dict(entry)
@@ -110,8 +115,45 @@ def test_too_few_patients_for_folds_uses_validation_alone() -> None:
     gate = FeatureGate.fit(features(40, seed=1), features(30, seed=2), groups=np.arange(40) % 3)
     assert gate.threshold_rule == RULE_VAL_FEW
     assert gate.threshold == conformal_threshold(gate.score(features(30, seed=2)), 0.05)
-    with pytest.raises(UserError, match="2 patient ids for 40 training rows"):
+    with pytest.raises(UserError, match=r"\(2,\) patient ids for 40 training rows"):
         FeatureGate.fit(features(40, seed=1), features(30, seed=2), groups=np.arange(2))
+    # 13 training and 19 validation images: 32 scores, fewer than the 45 the promise needs
+    small = FeatureGate.fit(features(13, seed=1), features(19, seed=2))
+    assert small.threshold_rule == RULE_VAL_FEW and small.n_held_out == 0
+
+
+def test_one_patient_with_most_films_gets_no_held_out_scores() -> None:
+    """360 of 400 films from one patient: its fold would be scored by a fit on 40 rows (high
+    scores, a loose line: a review measured 0.01% of new films flagged at 5% asked); refused,
+    so the threshold is set on validation alone."""
+    patients = np.concatenate([np.zeros(360, int), np.arange(1, 41)])
+    train = features(400, seed=1)
+    assert FeatureGate.held_out_scores(train, patients) is None
+    gate = FeatureGate.fit(train, features(100, seed=2), groups=patients)
+    assert gate.threshold_rule == RULE_VAL_FEW
+    assert FeatureGate.held_out_scores(train, np.arange(400) // 4) is not None  # balanced
+
+
+def test_patient_ids_of_any_type_and_a_checked_confidence() -> None:
+    mixed = np.array([*range(100), *[f"p{i}" for i in range(100)]], dtype=object)
+    assert FeatureGate.held_out_scores(features(200, seed=1), mixed) is not None
+    with pytest.raises(UserError, match="patient ids for 200 training rows"):
+        FeatureGate.held_out_scores(features(200, seed=1), np.zeros((200, 2)))
+    for bad in (0, 1.0, 1.5, -0.1):
+        with pytest.raises(UserError, match=r"confidence must be in \(0, 1\)"):
+            FeatureGate.fit(features(100, seed=1), features(30, seed=2), confidence=bad)
+
+
+def test_a_second_threshold_leaves_nothing_of_the_first() -> None:
+    """set_threshold again without held-out scores (as gate_resplit.py does): the held-out
+    fields of the pooled rule are cleared, so the card cannot mix the two."""
+    gate = FeatureGate.fit(features(400, seed=1), features(100, seed=2))
+    assert gate.threshold_rule == RULE_PAC and gate.n_held_out == 400
+    gate.set_threshold(gate.score(features(100, seed=2)), None, 0.05, 0.9)
+    assert gate.threshold_rule == RULE_VAL_FEW and gate.n_held_out == 0
+    assert math.isnan(gate.held_out_false_alarm_rate) and math.isnan(gate.confidence)
+    entry = gate.to_dict()
+    assert entry["held_out_false_alarm_rate"] is None and entry["confidence"] is None
 
 
 def test_an_older_card_without_held_out_scores_still_loads() -> None:

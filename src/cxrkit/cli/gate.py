@@ -25,7 +25,8 @@ def add_gate_parser(add: Add) -> None:
         "--false-alarm-rate",
         type=float,
         default=0.05,
-        help="share of in-distribution (validation) images flagged, in (0, 0.5] (default 0.05)",
+        help="the most in-distribution images flagged, in (0, 0.5] (default 0.05): promised "
+        "with 90%% confidence on held-out training and validation images",
     )
     s.add_argument(
         "--max-train",

@@ -33,13 +33,15 @@ from cxrkit.errors import UserError
 from cxrkit.models.checkpoint import load_checkpoint, read_checkpoint, update_card
 from cxrkit.models.gate import (
     DEFAULT_FALSE_ALARM_RATE,
-    RULE_PAC,
     FeatureGate,
     check_false_alarm_rate,
-    fallback_reason,
     reference_distribution,
 )
-from cxrkit.models.gate_threshold import conformal_threshold, min_validation_images
+from cxrkit.models.gate_threshold import (
+    conformal_threshold,
+    min_validation_images,
+    threshold_summary,
+)
 
 
 @dataclass
@@ -52,24 +54,10 @@ class GateFit:
     seconds: float
 
     def describe(self) -> str:
-        """One line: the threshold, the false-alarm rate asked for and the shares measured."""
-        g = self.gate
-        if g["threshold_rule"] == RULE_PAC:
-            shares = (
-                f"{g['val_false_alarm_rate']:.1%} of {g['n_val']} validation and "
-                f"{g['held_out_false_alarm_rate']:.1%} of {g['n_held_out']} held-out training "
-                f"images (asked at most {g['false_alarm_rate']:.1%} at {g['confidence']:.0%} "
-                "confidence)"
-            )
-        else:
-            rule = fallback_reason(g["threshold_rule"])
-            shares = (
-                f"{g['val_false_alarm_rate']:.1%} of {g['n_val']} validation images (asked "
-                f"{g['false_alarm_rate']:.1%} on average; set on validation alone: {rule})"
-            )
+        """One line: the threshold, what it was set on and the shares measured there."""
         return (
-            f"input gate: threshold {g['threshold']:.1f} flags {shares}; fitted on "
-            f"{g['n_train']} training images in {self.seconds:.0f} s"
+            f"input gate: threshold {threshold_summary(self.gate)}; fitted on "
+            f"{self.gate['n_train']} training images in {self.seconds:.0f} s"
         )
 
 
@@ -116,8 +104,9 @@ def fit_gate(
     empty = [s for s, n in counts.items() if n == 0]
     if empty:
         raise UserError(
-            f"the input gate is fitted on training images and thresholded on validation "
-            f"images; {', '.join(map(str, folders))} has no {' and no '.join(empty)} images"
+            f"the input gate is fitted on training images and its threshold set with "
+            f"validation images; {', '.join(map(str, folders))} has no "
+            f"{' and no '.join(empty)} images"
         )
     if counts["val"] < min_validation_images(rate):  # before hours of features, not after
         conformal_threshold(np.zeros(counts["val"]), rate)  # raises, saying what to do

@@ -20,7 +20,7 @@ from cxrkit.deploy.gate import CHECKS
 from cxrkit.errors import UserError
 from cxrkit.evaluate.audit_output import audit_table
 from cxrkit.files import atomic_write_text
-from cxrkit.models.gate import fallback_reason
+from cxrkit.models.gate_threshold import threshold_summary
 
 MODEL_CARD_MD = "MODEL_CARD.md"
 DISCLAIMER = (
@@ -237,28 +237,11 @@ def _gate(card: dict[str, Any]) -> list[str]:
     if not g:
         return ["## Input gate", "", "No input gate fitted: the model answers on any image. "
                 "Fit one with `cxrkit gate --checkpoint CKPT --data PREP`."]  # fmt: skip
-    measured = g.get("val_false_alarm_rate", g.get("measured_false_alarm_rate"))
-    if g.get("n_held_out"):
-        threshold = (
-            f"{_num(g.get('threshold'))} set on {g['n_held_out']} held-out training images "
-            f"(5 folds by patient) and {g.get('n_val', 'n/a')} validation images, so that at "
-            f"most {_num(g.get('false_alarm_rate'), 2)} of in-distribution images are flagged "
-            f"with {g['confidence']:.0%} confidence (measured: "
-            f"{_num(g.get('held_out_false_alarm_rate'))} of the held-out training images, "
-            f"{_num(measured)} of the validation images)."
-        )
-    else:
-        rule = fallback_reason(str(g.get("threshold_rule", "")))
-        threshold = (
-            f"{_num(g.get('threshold'))} set on {g.get('n_val', 'n/a')} validation images for "
-            f"a false-alarm rate of {_num(g.get('false_alarm_rate'), 2)} on average (measured "
-            f"there: {_num(measured)}){'; ' + rule if rule else ''}."
-        )
     return [
         "## Input gate",
         "",
         f"- Method: {g.get('method')}, on {g.get('features', 'the penultimate features')}.",
-        f"- Fitted on {g.get('n_train', 'n/a')} training images; threshold {threshold}",
+        f"- Fitted on {g.get('n_train', 'n/a')} training images; threshold {threshold_summary(g)}.",
         f"- Before it, structural checks: {', '.join(CHECKS)}. A flagged image is reported "
         "(`ood_score`, `in_distribution`), or refused with `--refuse-ood`.",
     ]

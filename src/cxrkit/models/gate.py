@@ -23,8 +23,10 @@ fit did not see: each training image scored by a gate fitted on the other patien
 (same population, same acquisition) is flagged with probability at most ``false_alarm_rate``.
 When the validation images exceed that threshold implausibly often (the network knows its
 training images better than new ones, so their held-out scores run low), or there are too few
-patients for folds, it falls back to the conformal quantile of the validation scores alone,
-a promise on average over the draw only. The card says which rule set it.
+patients for folds, too few calibration scores for the promise, or one patient with so many
+films that a fold would fit on under 60% of the rows, it falls back to the conformal quantile
+of the validation scores alone, a promise on average over the draw only. The card's
+``threshold_rule`` says which rule set it.
 
 The gate knows nothing of images: it is numpy on feature arrays, serialised to a JSON-ready
 dict (:meth:`FeatureGate.to_dict`, arrays as base64 little-endian float32).
@@ -42,6 +44,11 @@ import numpy as np
 from cxrkit.errors import UserError
 from cxrkit.models.gate_threshold import (
     DEFAULT_CONFIDENCE,
+    RULE_PAC,
+    RULE_VAL,
+    RULE_VAL_FALLBACK,
+    RULE_VAL_FEW,
+    check_confidence,
     conformal_threshold,
     exceeds_too_often,
     min_calibration_images,
@@ -53,22 +60,6 @@ METHOD = "ppca-mahalanobis/1"
 MAX_COMPONENTS = 64  #: principal components kept at most
 MAX_CARD_FLOATS = 1 << 18  #: k * D at most: 1 MiB of float32, about 1.4 MB of base64 JSON
 DEFAULT_FALSE_ALARM_RATE = 0.05
-RULE_PAC = (
-    "pac: at most false_alarm_rate of in-distribution images flagged with probability "
-    "confidence, on held-out training scores (5 folds by patient) and val scores"
-)
-RULE_VAL = "conformal (1 - false_alarm_rate) quantile of val scores"
-RULE_VAL_FALLBACK = (
-    f"{RULE_VAL} (val images exceeded the pooled threshold too often to be like the "
-    "held-out training images)"
-)
-RULE_VAL_FEW = f"{RULE_VAL} (too few patients or images for held-out training scores)"
-
-
-def fallback_reason(rule: str) -> str:
-    """Why a card's threshold was set on validation alone ("" for none given, e.g. an older
-    card's, or for another rule)."""
-    return rule[len(RULE_VAL) :].strip(" ()") if rule.startswith(RULE_VAL) else ""
 
 
 def encode_array(a: np.ndarray) -> dict[str, Any]:
@@ -144,6 +135,7 @@ class FeatureGate:
         ``groups`` ``(N,)``: each training row's patient, so that no patient is scored by a
         fit that saw it (None: each row its own patient)."""
         rate = check_false_alarm_rate(false_alarm_rate)
+        confidence = check_confidence(confidence)
         train = _features(train, "training")
         val = _features(val, "validation")
         if train.shape[1] != val.shape[1]:
@@ -153,8 +145,6 @@ class FeatureGate:
                 f"the input gate needs at least 10 training and 10 validation images, got "
                 f"{len(train)} and {len(val)}"
             )
-        if groups is not None and len(groups) != len(train):
-            raise UserError(f"{len(groups)} patient ids for {len(train)} training rows")
         gate = cls.estimate(train, max_components)
         held_out = cls.held_out_scores(train, groups, max_components)
         gate.set_threshold(gate.score(val), held_out, rate, confidence)
@@ -168,7 +158,8 @@ class FeatureGate:
         max_components: int = MAX_COMPONENTS,
     ) -> np.ndarray | None:
         """``(N,)`` scores of training features ``(N, D)``, each by a gate estimated on the
-        other folds' patients (``groups`` ``(N,)``; None: a row each); None when too few."""
+        other folds' patients (``groups`` ``(N,)``; None: a row each); None when too few or
+        too unbalanced (:func:`~cxrkit.models.gate_threshold.out_of_fold_scores`)."""
         return out_of_fold_scores(
             lambda rows, others: cls.estimate(rows, max_components).score(others),
             train,
@@ -206,6 +197,7 @@ class FeatureGate:
         ``(N,)`` (None: none), by the rules of the module docstring."""
         pooled = val if held_out is None else np.concatenate([held_out, val])
         rule, threshold = RULE_VAL_FEW, math.nan
+        self.n_held_out, self.held_out_false_alarm_rate = 0, math.nan  # of a previous call
         if held_out is not None and len(pooled) >= min_calibration_images(rate, confidence):
             threshold = pac_threshold(pooled, rate, confidence)
             rule = RULE_PAC

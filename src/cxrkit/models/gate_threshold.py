@@ -18,13 +18,16 @@ A gate's threshold is a high quantile of the scores of images known to be in dis
 
 :func:`out_of_fold_scores` scores each training image with a gate fitted without its patient:
 ``GroupKFold`` by patient, so no film is scored by a fit that saw another film of the same
-patient.
+patient. The ``RULE_*`` strings name the rule in the card's ``threshold_rule``, and
+:func:`threshold_summary` puts a card's threshold in words for ``cxrkit gate`` and
+``MODEL_CARD.md``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from scipy.stats import binom
@@ -37,6 +40,53 @@ FOLDS = 5  #: folds of the held-out training scores
 #: below this p-value the validation images exceed the pooled threshold too often to be
 #: exchangeable with the held-out training images (see :func:`exceeds_too_often`)
 CONSISTENCY_P = 0.01
+#: a fold's fit must keep this share of the training rows at least (with 5 folds 60%: no
+#: patient holds so many films that scoring them leaves a small fit)
+MIN_FIT_SHARE = 1.0 - 2.0 / FOLDS
+
+#: the card's ``threshold_rule``: how the threshold was set
+RULE_PAC = (
+    "pac: at most false_alarm_rate of in-distribution images flagged with probability "
+    f"confidence, on held-out training scores ({FOLDS} folds by patient) and val scores"
+)
+RULE_VAL = "conformal (1 - false_alarm_rate) quantile of val scores"
+RULE_VAL_FALLBACK = (
+    f"{RULE_VAL} (val images exceeded the pooled threshold too often to be like the "
+    "held-out training images)"
+)
+RULE_VAL_FEW = (
+    f"{RULE_VAL} (too few patients or calibration images for held-out training scores, or one "
+    "patient with too many of the films)"
+)
+
+
+def check_confidence(confidence: float) -> float:
+    """``confidence`` as a float in (0, 1); a UserError otherwise."""
+    if not (isinstance(confidence, int | float) and 0.0 < float(confidence) < 1.0):
+        raise UserError(f"the gate's confidence must be in (0, 1), e.g. 0.9; got {confidence}")
+    return float(confidence)
+
+
+def threshold_summary(gate: dict[str, Any]) -> str:
+    """A card ``gate`` entry's threshold in words: its value, what it was set on, the promise
+    and the shares it flags there (``cxrkit gate``'s line and ``MODEL_CARD.md`` both)."""
+    g, rate = gate, gate["false_alarm_rate"]
+    if g.get("threshold_rule") == RULE_PAC:
+        return (
+            f"{g['threshold']:.1f}, set on {g['n_held_out']} held-out training images ({FOLDS} "
+            f"folds by patient) and {g['n_val']} validation images so that at most {rate:.1%} "
+            f"of in-distribution images are flagged with {g['confidence']:.0%} confidence; it "
+            f"flags {g['held_out_false_alarm_rate']:.1%} of those training and "
+            f"{g['val_false_alarm_rate']:.1%} of those validation images"
+        )
+    rule = str(g.get("threshold_rule", RULE_VAL))
+    reason = rule[len(RULE_VAL) :].strip(" ()") if rule.startswith(RULE_VAL) else ""
+    return (
+        f"{g['threshold']:.1f}, set on {g['n_val']} validation images so that {rate:.1%} of "
+        f"in-distribution images are flagged on average; it flags "
+        f"{g['val_false_alarm_rate']:.1%} of them"
+        + (f" (on validation alone: {reason})" if reason else "")
+    )
 
 
 def conformal_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
@@ -105,14 +155,21 @@ def out_of_fold_scores(
 ) -> np.ndarray | None:
     """``(N,)`` held-out scores of training rows ``train`` ``(N, D)``: ``fit_score(fit_rows,
     score_rows)`` fits on the rows of the other folds and scores the fold's rows; folds by
-    ``groups`` ``(N,)`` (patient ids). None when there are fewer patients than folds or a
-    fold would leave fewer than 10 rows to fit on."""
+    ``groups`` ``(N,)`` (patient ids, compared as text). None when there are fewer patients
+    than folds, or a fold would fit on fewer than 10 rows or under :data:`MIN_FIT_SHARE` of
+    them (one patient with most of the films: its held-out scores would come from a small
+    fit, run high and set the line too loose)."""
     groups = np.asarray(groups)
+    if groups.ndim != 1 or len(groups) != len(train):
+        raise UserError(f"{groups.shape} patient ids for {len(train)} training rows")
+    groups = groups.astype(str)
     if len(np.unique(groups)) < folds:
         return None
+    splits = list(GroupKFold(n_splits=folds).split(train, groups=groups))
+    smallest = min(len(fit_rows) for fit_rows, _ in splits)
+    if smallest < max(10, MIN_FIT_SHARE * len(train)):
+        return None
     scores = np.empty(len(train), dtype=np.float64)
-    for fit_rows, held_out in GroupKFold(n_splits=folds).split(train, groups=groups):
-        if len(fit_rows) < 10:
-            return None
+    for fit_rows, held_out in splits:
         scores[held_out] = fit_score(train[fit_rows], train[held_out])
     return scores
