@@ -74,6 +74,8 @@ def test_sigkill_mid_epoch_then_resume_ends_like_the_uninterrupted_run(
     deadline = time.monotonic() + 120
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
+    if proc.poll() is not None:  # ended before its first checkpoint: say how, not "no process"
+        pytest.fail(f"train exited {proc.returncode} early: {proc.communicate()[1][-2000:]!r}")
     os.kill(proc.pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
