@@ -229,9 +229,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
                 "--predictions needs --labels (a prepared folder, a labels CSV, or a "
                 "dataset's label file with --dataset)"
             )
-        if _launched_rank() not in (None, 0):
+        rank = _launched_rank()
+        if rank not in (None, 0):
             return 0  # rank 0 evaluates the file alone: N copies would race for --out
-        if _launched_rank() == 0:
+        if rank == 0:
             print("launched ranks: rank 0 evaluates --predictions alone (it runs no model)")
         r = evaluate_predictions(
             a.predictions,

@@ -197,7 +197,6 @@ class FeatureGate:
         ``(N,)`` (None: none), by the rules of the module docstring."""
         pooled = val if held_out is None else np.concatenate([held_out, val])
         rule, threshold = RULE_VAL_FEW, math.nan
-        self.n_held_out, self.held_out_false_alarm_rate = 0, math.nan  # of a previous call
         if held_out is not None and len(pooled) >= min_calibration_images(rate, confidence):
             threshold = pac_threshold(pooled, rate, confidence)
             rule = RULE_PAC
@@ -208,10 +207,11 @@ class FeatureGate:
         self.threshold, self.false_alarm_rate, self.confidence = threshold, rate, confidence
         self.threshold_rule = rule
         self.n_val, self.val_false_alarm_rate = len(val), float(np.mean(val > threshold))
-        if rule == RULE_PAC:
-            assert held_out is not None
-            self.n_held_out = len(held_out)
-            self.held_out_false_alarm_rate = float(np.mean(held_out > threshold))
+        pooled_rule = rule == RULE_PAC and held_out is not None  # else none of a previous call
+        self.n_held_out = len(held_out) if pooled_rule else 0
+        self.held_out_false_alarm_rate = (
+            float(np.mean(held_out > threshold)) if pooled_rule else math.nan
+        )
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """``(N, D)`` features -> ``(N,)`` float64 distances (NaN for a non-finite row)."""
