@@ -9,9 +9,9 @@
 
 Modules: :mod:`~cxrkit.io.xray` (the :class:`XRay` every reader returns, :class:`ImageReadError`,
 the pixel-count check, the radiograph modalities), :mod:`~cxrkit.io.images` (format sniffing,
-PNG/JPEG), :mod:`~cxrkit.io.dicom` (DICOM), :mod:`~cxrkit.io.modality` (the modality gate: which
-DICOM objects are read), :mod:`~cxrkit.io.geometry` (letterboxing into a square and its
-coordinate map).
+PNG/JPEG), :mod:`~cxrkit.io.png` (the fast PNG decoder), :mod:`~cxrkit.io.dicom` (DICOM),
+:mod:`~cxrkit.io.modality` (the modality gate: which DICOM objects are read),
+:mod:`~cxrkit.io.geometry` (letterboxing into a square and its coordinate map).
 Imports nothing of cxrkit but :mod:`cxrkit.errors`.
 """
 
