@@ -13,6 +13,7 @@ round and medians::
         ../shared/data/nih-sample/images --rounds 5
 
 Paths: ``copy`` (``--backend auto --precision fp32``: the ONNX copy under onnxruntime),
+``copy-opencv-png`` (the same, PNGs decoded by OpenCV as before :mod:`cxrkit.io.png`),
 ``torch-fp32`` (``--backend torch --precision fp32``), ``torch-bf16`` (``--backend torch
 --precision bf16``: what ``auto`` runs on a CPU with native bf16).
 """
@@ -20,15 +21,18 @@ Paths: ``copy`` (``--backend auto --precision fp32``: the ONNX copy under onnxru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+import cxrkit.io.png
 from cxrkit.bench.inference import stand_in
 from cxrkit.deploy.batch import predict_paths
 from cxrkit.deploy.predictor import Predictor
@@ -65,12 +69,24 @@ def model_rate(predictor: Predictor, x: torch.Tensor, batches: int = 4) -> float
     return len(x) * batches / (time.perf_counter() - start)
 
 
-def end_to_end_rate(predictor: Predictor, paths: list[Path]) -> float:
+@contextlib.contextmanager
+def opencv_png() -> Iterator[None]:
+    """PNGs decoded by OpenCV, as before cxrkit.io.png (its decoder steps aside for all)."""
+    fast = cxrkit.io.png.decode_png
+    cxrkit.io.png.decode_png = lambda data: None
+    try:
+        yield
+    finally:
+        cxrkit.io.png.decode_png = fast
+
+
+def end_to_end_rate(predictor: Predictor, paths: list[Path], decoder: str = "fast") -> float:
     """Images/s of one ``predict_paths`` pass (decoding threads, ``--workers 0``)."""
-    start = time.perf_counter()
-    for _ in predict_paths(predictor, paths, workers=0):
-        pass
-    return len(paths) / (time.perf_counter() - start)
+    with opencv_png() if decoder == "opencv" else contextlib.nullcontext():
+        start = time.perf_counter()
+        for _ in predict_paths(predictor, paths, workers=0):
+            pass
+        return len(paths) / (time.perf_counter() - start)
 
 
 def txv_rate(images: Path, python: str) -> float:
@@ -113,7 +129,10 @@ def main() -> None:
             row: dict[str, float] = {"txv": txv_rate(a.images, a.xrv_python)}
             for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
                 row[f"model {key}"] = model_rate(predictors[key], x)
-                row[f"e2e {key}"] = end_to_end_rate(predictors[key], paths)
+                decoders = ["fast", "opencv"] if key == "copy" else ["fast"]
+                for decoder in decoders[r % len(decoders) :] + decoders[: r % len(decoders)]:
+                    suffix = "-opencv-png" if decoder == "opencv" else ""
+                    row[f"e2e {key}{suffix}"] = end_to_end_rate(predictors[key], paths, decoder)
             rows.append(row)
             print(
                 f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()), flush=True
@@ -122,9 +141,9 @@ def main() -> None:
     print(
         "| round | txv | e2e copy | vs txv | e2e/model copy | e2e torch-fp32 | vs txv | "
         "e2e torch-bf16 | vs txv | model copy | model fp32 | model bf16 | copy/bf16 e2e | "
-        "copy/bf16 model |"
+        "copy/bf16 model | e2e copy, OpenCV PNG | its e2e/model |"
     )
-    print("|" + "---|" * 14)
+    print("|" + "---|" * 16)
     for r, row in enumerate([*rows, {k: statistics.median(x[k] for x in rows) for k in rows[0]}]):
         t = row["txv"]
         name = str(r + 1) if r < len(rows) else "median"
@@ -136,6 +155,8 @@ def main() -> None:
             f"{row['model torch-fp32']:.1f}", f"{row['model torch-bf16']:.1f}",
             f"{row['e2e copy'] / row['e2e torch-bf16']:.2f}",
             f"{row['model copy'] / row['model torch-bf16']:.2f}",
+            f"{row['e2e copy-opencv-png']:.1f}",
+            f"{row['e2e copy-opencv-png'] / row['model copy']:.2f}",
         ]  # fmt: skip
         print("| " + " | ".join(cells) + " |")
 
