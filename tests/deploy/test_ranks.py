@@ -220,13 +220,14 @@ class _Job:
     rank: int
     device: str = "cpu"
     threads: int = 1
-    marker: str = ""
+    marker: str = ""  # a file the working ranks touch
+    how: str = ""  # how rank 1 fails: "user" (a UserError) or "crash"
 
 
 def _fail_one_sleep_the_rest(job: _Job) -> None:
     """Rank 1 fails at once (a UserError, or a plain crash); the others work for a minute."""
     if job.rank == 1:
-        if job.marker == "user":
+        if job.how == "user":
             raise UserError("rank 1 found a bad file")
         os._exit(3)
     Path(job.marker).touch()
@@ -236,8 +237,7 @@ def _fail_one_sleep_the_rest(job: _Job) -> None:
 @pytest.mark.parametrize("how", ["user", "crash"])
 def test_a_failing_process_stops_the_others_at_once(tmp_path: Path, how: str) -> None:
     started = time.monotonic()
-    marker = str(tmp_path / "working") if how == "crash" else "user"
-    jobs = [_Job(rank=k, marker=marker) for k in range(2)]
+    jobs = [_Job(rank=k, marker=str(tmp_path / "working"), how=how) for k in range(2)]
     with pytest.raises(UserError) as err:
         spawn_ranks(_fail_one_sleep_the_rest, jobs, tmp_path / "errors", remedy="rerun it")
     assert time.monotonic() - started < 45  # not the sleeping ranks' minute
