@@ -175,6 +175,13 @@ def bad_filter(data: bytes) -> bytes:
     return replaced(data, b"IDAT", zlib.compress(bytes(raw)))
 
 
+def zlib_window(data: bytes, cinfo: int) -> bytes:
+    """The IDAT's zlib header declaring a window of 2 ** (cinfo + 8) bytes (FCHECK fixed)."""
+    cmf = cinfo << 4 | 8
+    flg = next(f for f in range(256) if (cmf * 256 + f) % 31 == 0 and not f & 0x20)
+    return replaced(data, b"IDAT", bytes([cmf, flg]) + GRAY_IDAT[2:])
+
+
 def pillow(mode: str) -> bytes:
     out = io.BytesIO()
     Image.fromarray(natural(24, 24, 1, np.uint8)).convert(mode).save(out, format="PNG")
@@ -195,6 +202,19 @@ STEPS_ASIDE = {
     "IDAT chunks not consecutive": split_idat(GRAY),
     "animated (acTL)": inserted_before_idat(GRAY, b"acTL", bytes(8)),
     "no IEND": GRAY[:-12],
+    "chunk type with a digit": inserted_before_idat(GRAY, b"a1cD", b"x"),
+    "chunk type with the reserved bit set": inserted_before_idat(GRAY, b"abcd", b"x"),
+    "zlib window over 32 KiB": zlib_window(GRAY, 8),
+    "animation frame (fcTL)": inserted_before_idat(GRAY, b"fcTL", bytes(26)),
+    "bKGD of 3 bytes": inserted_before_idat(GRAY, b"bKGD", bytes(3)),
+    "a chunk over OpenCV's 8 MB": inserted_before_idat(GRAY, b"prVW", bytes(8_000_000 - 11)),
+    "width over libpng's 1,000,000": build(
+        [
+            (b"IHDR", ihdr(1_000_001, 1, 8, 0)),
+            (b"IDAT", zlib.compress(bytes(1_000_002))),
+            (b"IEND", b""),
+        ]
+    ),
     "palette": pillow("P"),
     "gray + alpha": pillow("LA"),
     "1-bit": pillow("1"),
@@ -212,6 +232,22 @@ def test_steps_aside_and_read_xray_gives_what_opencv_gives(case):
     else:
         gray = want if want.ndim == 2 else cv2.cvtColor(want, cv2.COLOR_BGRA2GRAY)
         np.testing.assert_array_equal(read_xray_bytes(data, min_side=1).pixels, gray)
+
+
+def test_a_zlib_window_of_32_kib_is_fine():
+    assert_same_as_opencv(zlib_window(GRAY, 7))
+
+
+def test_never_raises_on_forged_headers_or_other_bytes():
+    huge = build(
+        [
+            (b"IHDR", ihdr(2**32 - 1, 2**32 - 1, 8, 0)),
+            (b"IDAT", zlib.compress(bytes(10))),
+            (b"IEND", b""),
+        ]
+    )
+    for data in (huge, b"\0" * 8 + GRAY[8:], b"", SIGNATURE, GRAY[:40], b"\x89PNG" * 9):
+        assert decode_png(data) is None
 
 
 def test_corrupt_data_is_still_refused_with_the_file_name():

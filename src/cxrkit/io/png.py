@@ -9,9 +9,13 @@ inflates with ISA-L (``isal``, ~2.3x zlib) and undoes PNG's row filters in compi
 
 It covers the common case only: non-interlaced, 8- or 16-bit gray, RGB or RGBA, no
 transparency chunk, no palette, no animation. For anything else, and for any irregularity
-(a CRC mismatch, a truncated or over-long zlib stream, a bad filter byte, an unknown critical
-chunk), :func:`decode_png` returns None and the caller decodes with OpenCV, which then gives
-its own result or error: the outcome is OpenCV's for every file, only faster for most.
+OpenCV or libpng would object to (a CRC mismatch, a truncated or over-long zlib stream, a bad
+filter byte, an unknown critical or malformed chunk type, a side over libpng's 1,000,000
+pixels, ...), :func:`decode_png` returns None and the caller decodes with OpenCV, which then
+gives its own result or error: the outcome is OpenCV's, only faster for most files. One known
+leniency: ISA-L inflates a deflate stream whose Huffman code is incomplete, which zlib
+refuses; the stream must still end with the right Adler-32 of the pixels, so only a deliberately
+crafted (or very broken) encoder produces such a file.
 
 The compiled row filters are cached on disk by numba (next to this module, else in the user's
 cache folder): the first use after an install compiles them once (a few seconds).
@@ -24,21 +28,31 @@ import numba
 import numpy as np
 from isal import isal_zlib
 
-_SIGNATURE_LENGTH = 8
+_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_SIGNATURE_LENGTH = len(_SIGNATURE)
+_MAX_SIDE = 1_000_000  # libpng's default user limit on width and height
+_MAX_PIXELS = 1 << 30  # OpenCV's default limit (CV_IO_MAX_IMAGE_PIXELS)
+_MAX_CHUNK = 8_000_000 - 12  # OpenCV's limit on one chunk it reads ("user chunk data")
+_BACKGROUND_LENGTHS = (1, 2, 6)  # bKGD's valid lengths, which OpenCV checks
 _CHANNELS = {0: 1, 2: 3, 6: 4}  # colour type -> samples per pixel (gray, RGB, RGBA)
 _TO_OPENCV = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}  # OpenCV's channel order
 _CRITICAL = (b"IHDR", b"IDAT", b"IEND")
-_REFUSED = (b"PLTE", b"tRNS", b"acTL")  # palette, transparency, animation: OpenCV decides
+# palette, transparency, animation: OpenCV decides
+_REFUSED = (b"PLTE", b"tRNS", b"acTL", b"fcTL", b"fdAT")
 
 
 def decode_png(data: bytes) -> np.ndarray | None:
     """PNG bytes -> what ``cv2.imdecode(data, cv2.IMREAD_UNCHANGED)`` returns for them:
     ``(H, W)`` gray or ``(H, W, 3|4)`` BGR[A], uint8 or uint16 (native byte order); None when
-    the file is outside the covered case or irregular (decode it with OpenCV)."""
-    layout = _layout(data)
+    the file is outside the covered case or irregular (decode it with OpenCV). Never raises
+    for malformed bytes. Check the declared size against your pixel limit first (``read_xray``
+    does): at most that much memory is inflated."""
+    layout = _layout(data) if data.startswith(_SIGNATURE) else None
     if layout is None:
         return None
     height, width, depth, channels, idat = layout
+    if idat[0] >> 4 > 7:
+        return None  # a zlib window over 32 KiB: zlib refuses it, ISA-L would not
     row_bytes = width * channels * depth // 8
     expected = height * (row_bytes + 1)
     try:
@@ -69,7 +83,7 @@ def _layout(data: bytes) -> tuple[int, int, int, int, bytes] | None:
         length = int.from_bytes(data[pos : pos + 4], "big")
         kind = data[pos + 4 : pos + 8]
         end = pos + 12 + length
-        if end > len(data):
+        if end > len(data) or not _valid_kind(kind) or (kind != b"IDAT" and length > _MAX_CHUNK):
             return None
         if isal_zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
             return None
@@ -87,6 +101,8 @@ def _layout(data: bytes) -> tuple[int, int, int, int, bytes] | None:
             break
         elif kind in _REFUSED or (kind[0] < 0x61 and kind not in _CRITICAL):
             return None  # refused, or an unknown critical chunk (upper-case first letter)
+        elif kind == b"bKGD" and length not in _BACKGROUND_LENGTHS:
+            return None
         if idat and kind != b"IDAT":
             idat_done = True
         pos = end
@@ -97,11 +113,18 @@ def _layout(data: bytes) -> tuple[int, int, int, int, bytes] | None:
     return (*header, b"".join(idat))
 
 
+def _valid_kind(kind: bytes) -> bool:
+    """Four ASCII letters, the third upper-case (the reserved bit), as libpng requires."""
+    return kind.isalpha() and kind.isascii() and 0x41 <= kind[2] <= 0x5A
+
+
 def _header(ihdr: bytes) -> tuple[int, int, int, int] | None:
     """IHDR's 13 bytes -> (height, width, bit depth, channels); None outside the covered case."""
     width, height = int.from_bytes(ihdr[0:4], "big"), int.from_bytes(ihdr[4:8], "big")
     depth, colour, compression, filtering, interlace = ihdr[8:13]
-    if depth not in (8, 16) or colour not in _CHANNELS or width < 1 or height < 1:
+    if depth not in (8, 16) or colour not in _CHANNELS:
+        return None
+    if not (1 <= width <= _MAX_SIDE and 1 <= height <= _MAX_SIDE and width * height <= _MAX_PIXELS):
         return None
     if compression or filtering or interlace:
         return None
