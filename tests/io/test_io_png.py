@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -134,6 +136,28 @@ def test_pillow_written_pngs_and_ancillary_chunks_decode_as_opencv_does():
         ]
     )
     assert_same_as_opencv(gray)
+
+
+NO_CACHE_FOLDER = """
+import sys, numpy as np, cv2
+import numba.core.caching
+numba.core.caching.CacheImpl._locator_classes = []  # as when no folder can be written
+from cxrkit.io.png import decode_png
+data = open(sys.argv[1], "rb").read()
+want = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+assert np.array_equal(decode_png(data), want)
+print("decoded without a cache")
+"""
+
+
+def test_decodes_where_numba_cannot_write_its_cache(tmp_path: Path):
+    path = tmp_path / "x.png"
+    path.write_bytes(random_png(3, 16, 16, 1, 8))
+    done = subprocess.run(
+        [sys.executable, "-c", NO_CACHE_FOLDER, str(path)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "decoded without a cache"
 
 
 def test_threads_decode_the_same_pixels():

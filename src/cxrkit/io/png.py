@@ -18,10 +18,14 @@ refuses; the stream must still end with the right Adler-32 of the pixels, so onl
 crafted (or very broken) encoder produces such a file.
 
 The compiled row filters are cached on disk by numba (next to this module, else in the user's
-cache folder): the first use after an install compiles them once (a few seconds).
+cache folder): the first use after an install compiles them once (a few seconds). Where
+neither folder can be written (a read-only install and home), every process compiles them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import cv2
 import numba
@@ -140,6 +144,18 @@ def _unfilter(raw: np.ndarray, height: int, row_bytes: int, bpp: int) -> np.ndar
     return _unfilter_rows(raw, height, row_bytes, bpp)
 
 
+def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``numba.njit`` (GIL released, no bounds checks) with numba's on-disk cache where it can
+    write one; else compiled in each process (numba refuses ``cache=True`` at decoration when
+    no cache folder is writable)."""
+    try:
+        return numba.njit(nogil=True, boundscheck=False, cache=True)(fn)
+    except RuntimeError as err:
+        if "cannot cache" not in str(err):
+            raise
+        return numba.njit(nogil=True, boundscheck=False)(fn)
+
+
 @numba.njit(inline="always")
 def _predict(kind: int, left: int, up: int, up_left: int) -> int:
     """PNG's Average (3) or Paeth (4) predictor, branch-free for Paeth."""
@@ -152,7 +168,7 @@ def _predict(kind: int, left: int, up: int, up_left: int) -> int:
     return other + (left - other) * (np.int32(pa <= pb) & np.int32(pa <= pc))
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=True)
+@_compiled
 def _row_pair(out, raw, o, src, row_bytes, kind1, kind2):
     """Rows at ``o`` and ``o + row_bytes`` of ``out``, both Average/Paeth, 1 byte per pixel:
     two dependency chains interleaved."""
@@ -167,7 +183,7 @@ def _row_pair(out, raw, o, src, row_bytes, kind1, kind2):
         out[below + c] = left2
 
 
-@numba.njit(nogil=True, boundscheck=False, cache=True)
+@_compiled
 def _unfilter_rows(raw, height, row_bytes, bpp):
     """See :func:`_unfilter` (filter bytes already checked)."""
     out = np.empty((height + 1) * row_bytes, np.uint8)  # row 0: the zero row above the image
