@@ -53,7 +53,7 @@ SNIFF_BYTES = 132  # what sniff_format looks at: up to and including DICOM's "DI
 _DICOM_NO_PREAMBLE_LE = (b"\x02\x00", b"\x08\x00")  # group 0002 / 0008, little endian
 _DICOM_NO_PREAMBLE_BE = (b"\x00\x02", b"\x00\x08")  # the same, big endian (explicit VR)
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND_CHUNK = b"IEND\xaeB`\x82"
 _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
@@ -72,7 +72,7 @@ def sniff_format(data: bytes) -> str | None:
     big endian followed by an explicit VR (two capital letters); :func:`read_xray_bytes` then
     parses it with pydicom's ``force=True``.
     """
-    if data.startswith(_PNG_SIGNATURE):
+    if data.startswith(PNG_SIGNATURE):
         return "PNG"
     if data.startswith(_JPEG_SOI):
         return "JPEG"

@@ -32,15 +32,14 @@ import numba
 import numpy as np
 from isal import isal_zlib
 
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_SIGNATURE_LENGTH = len(_SIGNATURE)
+from cxrkit.io.images import PNG_SIGNATURE
+
 _MAX_SIDE = 1_000_000  # libpng's default user limit on width and height
 _MAX_PIXELS = 1 << 30  # OpenCV's default limit (CV_IO_MAX_IMAGE_PIXELS)
 _MAX_CHUNK = 8_000_000 - 12  # OpenCV's limit on one chunk it reads ("user chunk data")
 _BACKGROUND_LENGTHS = (1, 2, 6)  # bKGD's valid lengths, which OpenCV checks
 _CHANNELS = {0: 1, 2: 3, 6: 4}  # colour type -> samples per pixel (gray, RGB, RGBA)
 _TO_OPENCV = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}  # OpenCV's channel order
-_CRITICAL = (b"IHDR", b"IDAT", b"IEND")
 # palette, transparency, animation: OpenCV decides
 _REFUSED = (b"PLTE", b"tRNS", b"acTL", b"fcTL", b"fdAT")
 
@@ -51,7 +50,7 @@ def decode_png(data: bytes) -> np.ndarray | None:
     the file is outside the covered case or irregular (decode it with OpenCV). Never raises
     for malformed bytes. Check the declared size against your pixel limit first (``read_xray``
     does): at most that much memory is inflated."""
-    layout = _layout(data) if data.startswith(_SIGNATURE) else None
+    layout = _layout(data) if data.startswith(PNG_SIGNATURE) else None
     if layout is None:
         return None
     height, width, depth, channels, idat = layout
@@ -82,7 +81,7 @@ def _layout(data: bytes) -> tuple[int, int, int, int, bytes] | None:
     header: tuple[int, int, int, int] | None = None
     idat: list[memoryview] = []
     idat_done = False
-    pos = _SIGNATURE_LENGTH
+    pos = len(PNG_SIGNATURE)
     while pos + 12 <= len(data):
         length = int.from_bytes(data[pos : pos + 4], "big")
         kind = data[pos + 4 : pos + 8]
@@ -92,7 +91,7 @@ def _layout(data: bytes) -> tuple[int, int, int, int, bytes] | None:
         if isal_zlib.crc32(view[pos + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
             return None
         if kind == b"IHDR":
-            if header is not None or pos != _SIGNATURE_LENGTH or length != 13:
+            if header is not None or pos != len(PNG_SIGNATURE) or length != 13:
                 return None
             header = _header(data[pos + 8 : pos + 21])
             if header is None:
@@ -103,7 +102,7 @@ def _layout(data: bytes) -> tuple[int, int, int, int, bytes] | None:
             idat.append(view[pos + 8 : end - 4])
         elif kind == b"IEND":
             break
-        elif kind in _REFUSED or (kind[0] < 0x61 and kind not in _CRITICAL):
+        elif kind in _REFUSED or kind[0] < 0x61:
             return None  # refused, or an unknown critical chunk (upper-case first letter)
         elif kind == b"bKGD" and length not in _BACKGROUND_LENGTHS:
             return None
