@@ -39,6 +39,7 @@ import numpy as np
 from cxrkit.io.xray import (
     DEFAULT_MAX_PIXELS,
     MIN_SIDE,
+    PNG_SIGNATURE,
     RADIOGRAPH_MODALITIES,
     ImageReadError,
     XRay,
@@ -53,7 +54,6 @@ SNIFF_BYTES = 132  # what sniff_format looks at: up to and including DICOM's "DI
 _DICOM_NO_PREAMBLE_LE = (b"\x02\x00", b"\x08\x00")  # group 0002 / 0008, little endian
 _DICOM_NO_PREAMBLE_BE = (b"\x00\x02", b"\x00\x08")  # the same, big endian (explicit VR)
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _PNG_IEND_CHUNK = b"IEND\xaeB`\x82"
 _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"

@@ -32,7 +32,7 @@ import numba
 import numpy as np
 from isal import isal_zlib
 
-from cxrkit.io.images import PNG_SIGNATURE
+from cxrkit.io.xray import PNG_SIGNATURE
 
 _MAX_SIDE = 1_000_000  # libpng's default user limit on width and height
 _MAX_PIXELS = 1 << 30  # OpenCV's default limit (CV_IO_MAX_IMAGE_PIXELS)

@@ -17,6 +17,7 @@ import numpy as np
 from cxrkit.errors import UserError
 
 DEFAULT_MAX_PIXELS = 100_000_000
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  #: here for the sniffer (images) and the decoder (png)
 
 RADIOGRAPH_MODALITIES: tuple[str, ...] = ("CR", "DX", "DR", "RG")
 """DICOM Modality values read by default: projection radiographs, the kind a chest X-ray is.
